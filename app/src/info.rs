@@ -1,0 +1,99 @@
+//! `volt info`: parameter counts, the per-layer layout and KV-cache bytes, from a model folder or a
+//! config.json alone.
+
+use serde_json::{json, Value};
+use volt_runtime::hf_config::HfConfig;
+use volt_runtime::spec::{FfnSpec, ModelSpec, Selection};
+use volt_runtime::{models, Result, ResultExt};
+
+use crate::cli::Flags;
+
+pub fn info(args: &[String]) -> Result<()> {
+    let flags = Flags::parse(args, &["model", "context"], &["json"])?;
+    let path = crate::model_path(flags.str("model"))?;
+    let config = HfConfig::load(&path)?;
+    let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
+    spec.validate().context("config.json")?;
+    let context = flags.get_or("context", spec.max_position_embeddings)?;
+    if context == 0 {
+        volt_runtime::bail!("--context must be at least 1");
+    }
+    let report = report(&spec, context);
+    if flags.has("json") {
+        println!("{report}");
+    } else {
+        print_table(&spec, &report);
+    }
+    Ok(())
+}
+
+fn report(spec: &ModelSpec, context: usize) -> Value {
+    let (total, active) = spec.parameter_counts();
+    let layers: Vec<Value> = spec
+        .layers
+        .iter()
+        .map(|l| {
+            let a = &l.attn;
+            let (ffn, experts, shared, top_k) = match &l.ffn {
+                FfnSpec::Dense { .. } => ("dense", 0, 0, 0),
+                FfnSpec::Moe(m) => ("moe", m.n_experts, m.shared.as_ref().map_or(0, |s| s.count), m.router.selection.max_experts()),
+            };
+            let mut layer = json!({
+                "attention": if a.window().is_some() { "sliding" } else { "full" },
+                "window": a.window(),
+                "kv_source": a.kv_source,
+                "ffn": ffn,
+                "experts": experts,
+                "shared_experts": shared,
+                "top_k": top_k,
+            });
+            if let FfnSpec::Moe(m) = &l.ffn {
+                if let Selection::TopP { p, min_experts, .. } = m.router.selection {
+                    layer["top_p"] = json!(p);
+                    layer["min_experts"] = json!(min_experts);
+                }
+            }
+            layer
+        })
+        .collect();
+    let kv = spec.kv_bytes(context);
+    let baseline = spec.kv_bytes_baseline(context);
+    json!({
+        "family": spec.family,
+        "params_total": total,
+        "params_active": active,
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "context": context,
+        "layers": layers,
+        "kv_bytes": kv,
+        "kv_bytes_baseline": baseline,
+        "kv_reduction": 1.0 - kv as f64 / baseline as f64,
+    })
+}
+
+fn print_table(spec: &ModelSpec, r: &Value) {
+    let m = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1e6;
+    println!("family            {}", spec.family);
+    println!("parameters        {:.3} M total, {:.3} M active per token", m(&r["params_total"]), m(&r["params_active"]));
+    println!("vocab / hidden    {} / {}", spec.vocab_size, spec.hidden_size);
+    println!("layer  attention       kv_source  ffn");
+    for (i, l) in r["layers"].as_array().into_iter().flatten().enumerate() {
+        let attn = match l["window"].as_u64() {
+            Some(w) => format!("sliding {w}"),
+            None => "full".to_string(),
+        };
+        let ffn = match l["ffn"].as_str() {
+            Some("moe") => format!("moe {} experts, top {}, {} shared", l["experts"], l["top_k"], l["shared_experts"]),
+            _ => "dense".to_string(),
+        };
+        println!("{i:>5}  {attn:<14}  {:>9}  {ffn}", l["kv_source"]);
+    }
+    println!(
+        "kv cache          {:.2} MiB per sequence at {} tokens ({:.2} MiB if every layer were full attention with its own KV: {:.1}% less)",
+        m(&r["kv_bytes"]) * 1e6 / 1048576.0,
+        r["context"],
+        m(&r["kv_bytes_baseline"]) * 1e6 / 1048576.0,
+        r["kv_reduction"].as_f64().unwrap_or(0.0) * 100.0
+    );
+}

@@ -1,0 +1,95 @@
+//! `volt`: the command line (and later the desktop chat app) on the shared runtime.
+
+mod backends;
+mod cli;
+mod generate;
+mod info;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use volt_runtime::{bail, Result};
+
+const USAGE: &str = "\
+volt: Mixture-of-Experts inference on the CPU, any GPU (wgpu) and Hopper (CUDA FP8)
+
+usage: volt <command> [flags]
+
+commands:
+  generate   generate text or tokens from a prompt (streams to stdout)
+  logits     print the logits of every position of --ids as JSON
+  info       parameters, layer layout and KV-cache size of a model or config.json
+
+run `volt <command> --help` for a command's flags";
+
+fn main() -> ExitCode {
+    // A panic is a bug, but the user still gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned());
+        eprintln!("error: internal error: {} ({})", msg.unwrap_or_default(), info.location().map(|l| l.to_string()).unwrap_or_default());
+    }));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some(command) = args.first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", help(command)?);
+        return Ok(());
+    }
+    match command.as_str() {
+        "generate" => generate::generate(rest),
+        "logits" => generate::logits(rest),
+        "info" => info::info(rest),
+        "--help" | "-h" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        "--version" | "-V" => {
+            println!("volt {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        other => bail!("unknown command `{other}` (commands: generate, logits, info)"),
+    }
+}
+
+fn help(command: &str) -> Result<&'static str> {
+    Ok(match command {
+        "generate" => "volt generate [--model DIR] (--prompt TEXT | --ids LIST) [--max-tokens N] [--temperature T] [--top-k K]
+              [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--chat] [--system TEXT]
+              [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--json]",
+        "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8]",
+        "info" => "volt info [--model DIR|config.json] [--context N] [--json]",
+        other => bail!("unknown command `{other}` (commands: generate, logits, info)"),
+    })
+}
+
+/// `--model`, else `$VOLT_MODEL`, else the model shipped in assets/.
+pub fn model_path(flag: Option<&str>) -> Result<PathBuf> {
+    if let Some(p) = flag {
+        let path = PathBuf::from(p);
+        if !path.exists() {
+            bail!("model path {} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    if let Ok(p) = std::env::var("VOLT_MODEL") {
+        return model_path(Some(&p));
+    }
+    let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/volt-tiny"));
+    if !shipped.join("config.json").exists() {
+        bail!("no --model given and the default model is not at {}", shipped.display());
+    }
+    Ok(shipped)
+}

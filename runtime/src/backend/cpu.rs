@@ -1,0 +1,465 @@
+//! The CPU reference backend: plain f32, multi-threaded with rayon, written to be read. Every other backend
+//! is tested against it.
+
+use rayon::prelude::*;
+
+use super::{Backend, KvCache, LayerRouting, MoeExperts, Step, WeightDtype, WeightTypes};
+use crate::checkpoint::HostTensor;
+use crate::error::Result;
+use crate::rope::RopeTable;
+use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
+
+/// Activations: `rows` tokens of `cols` values each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        CpuTensor { rows, cols, data: vec![0.0; rows * cols] }
+    }
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+pub struct CpuBackend {
+    dtype: WeightDtype,
+    step: Step,
+    /// Some while routing is traced.
+    routing: Option<Vec<LayerRouting>>,
+}
+
+impl CpuBackend {
+    pub fn new(dtype: WeightDtype) -> Self {
+        CpuBackend { dtype, step: Step::default(), routing: None }
+    }
+
+    fn round(&self, mut w: HostTensor) -> HostTensor {
+        match self.dtype {
+            WeightDtype::F32 => {}
+            WeightDtype::F16 => w.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
+            WeightDtype::Bf16 => w.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
+        }
+        w
+    }
+}
+
+impl WeightTypes for CpuBackend {
+    type Matrix = HostTensor;
+    type Vector = HostTensor;
+    type Experts = HostTensor;
+}
+
+/// The KV of one sequence in one layer: rows for positions `start..start + len`, [len, kv_dim].
+#[derive(Clone, Debug, Default)]
+struct SeqKv {
+    start: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Per owning layer, per slot. Sliding layers are trimmed to their window after every step; layers that
+/// reuse another layer's KV have no entry.
+pub struct CpuCache {
+    layers: Vec<Option<Vec<SeqKv>>>,
+    windows: Vec<Option<usize>>,
+    kv_dims: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+impl KvCache for CpuCache {
+    fn seq_len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+    fn reset(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+        for seqs in self.layers.iter_mut().flatten() {
+            seqs[slot] = SeqKv::default();
+        }
+    }
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+}
+
+impl CpuCache {
+    /// KV rows currently held, summed over layers and slots (what the window trimming bounds).
+    pub fn rows_held(&self) -> usize {
+        self.layers
+            .iter()
+            .zip(&self.kv_dims)
+            .filter_map(|(l, d)| l.as_ref().map(|seqs| seqs.iter().map(|s| s.k.len() / d).sum::<usize>()))
+            .sum()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight accumulators let the compiler vectorise; the order differs from PyTorch only in rounding.
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// x [t, n] · W[out, n]ᵀ → [t, out], parallel over output rows so each weight row is read once.
+fn matmul(x: &[f32], t: usize, w: &[f32], out: usize, n: usize) -> Vec<f32> {
+    let mut out_t = vec![0.0f32; out * t];
+    out_t.par_chunks_mut(t).enumerate().for_each(|(o, col)| {
+        let w_row = &w[o * n..(o + 1) * n];
+        for (ti, v) in col.iter_mut().enumerate() {
+            *v = dot(w_row, &x[ti * n..(ti + 1) * n]);
+        }
+    });
+    let mut y = vec![0.0f32; t * out];
+    for o in 0..out {
+        for ti in 0..t {
+            y[ti * out + o] = out_t[o * t + ti];
+        }
+    }
+    y
+}
+
+/// One expert's SwiGLU on one token (weights [i, h], [i, h], [h, i]); adds `weight * out` into `acc`.
+#[allow(clippy::too_many_arguments)]
+fn expert_forward(
+    x: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    down: &[f32],
+    biases: (Option<&[f32]>, Option<&[f32]>, Option<&[f32]>),
+    activation: ExpertActivation,
+    weight: f32,
+    acc: &mut [f32],
+) {
+    let (h, i) = (x.len(), gate.len() / x.len());
+    let mut act = vec![0.0f32; i];
+    for (j, a) in act.iter_mut().enumerate() {
+        let mut g = dot(&gate[j * h..(j + 1) * h], x);
+        let mut u = dot(&up[j * h..(j + 1) * h], x);
+        if let Some(b) = biases.0 {
+            g += b[j];
+        }
+        if let Some(b) = biases.1 {
+            u += b[j];
+        }
+        *a = match activation {
+            ExpertActivation::SwiGlu => silu(g) * u,
+            ExpertActivation::ClampedSwiGlu { alpha, limit } => {
+                let g = g.min(limit);
+                let u = u.clamp(-limit, limit);
+                (u + 1.0) * g * sigmoid(alpha * g)
+            }
+        };
+    }
+    for (o, out) in acc.iter_mut().enumerate() {
+        let mut y = dot(&down[o * i..(o + 1) * i], &act);
+        if let Some(b) = biases.2 {
+            y += b[o];
+        }
+        *out += weight * y;
+    }
+}
+
+/// Picks experts for one token from its router logits: the router's probability of every expert, and the
+/// chosen (expert, weight) pairs.
+pub fn route(logits: &[f32], spec: &MoeSpec) -> (Vec<f32>, Vec<(usize, f32)>) {
+    let r = &spec.router;
+    let score = |v: &mut [f32]| match r.scoring {
+        Scoring::Softmax => softmax_in_place(v),
+        Scoring::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
+    };
+    let mut probs = logits.to_vec();
+    score(&mut probs);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let mut chosen: Vec<(usize, f32)> = match r.order {
+        RouterOrder::ScoreThenSelect => {
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            let count = match r.selection {
+                Selection::TopK { k } => k,
+                Selection::TopP { p, min_experts, max_experts } => {
+                    let mut sum = 0.0;
+                    let mut n = 0;
+                    while n < order.len() && sum < p {
+                        sum += probs[order[n]];
+                        n += 1;
+                    }
+                    n.clamp(min_experts, max_experts)
+                }
+            };
+            order[..count].iter().map(|&e| (e, probs[e])).collect()
+        }
+        RouterOrder::SelectThenScore => {
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let k = spec.router.selection.max_experts();
+            let mut vals: Vec<f32> = order[..k].iter().map(|&e| logits[e]).collect();
+            score(&mut vals);
+            order[..k].iter().copied().zip(vals).collect()
+        }
+    };
+    if r.renormalize {
+        let sum: f32 = chosen.iter().map(|c| c.1).sum();
+        chosen.iter_mut().for_each(|c| c.1 /= sum);
+    }
+    (probs, chosen)
+}
+
+/// Expert `e`'s slice of a stacked [E, ...] tensor of `len` values per expert.
+fn expert_slice(t: &HostTensor, e: usize, len: usize) -> &[f32] {
+    &t.data[e * len..(e + 1) * len]
+}
+
+fn opt_expert_slice(t: &Option<HostTensor>, e: usize, len: usize) -> Option<&[f32]> {
+    t.as_ref().map(|t| expert_slice(t, e, len))
+}
+
+fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    v.iter_mut().for_each(|x| *x /= sum);
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Rope = RopeTable;
+    type Cache = CpuCache;
+
+    fn describe(&self) -> String {
+        format!("cpu ({:?} weights, f32 compute, {} threads)", self.dtype, rayon::current_num_threads()).to_lowercase()
+    }
+
+    fn upload_matrix(&mut self, w: HostTensor) -> Result<HostTensor> {
+        Ok(self.round(w))
+    }
+    fn upload_vector(&mut self, w: HostTensor) -> Result<HostTensor> {
+        Ok(self.round(w))
+    }
+    fn upload_experts(&mut self, w: HostTensor) -> Result<HostTensor> {
+        Ok(self.round(w))
+    }
+    fn upload_rope(&mut self, table: RopeTable) -> Result<RopeTable> {
+        Ok(table)
+    }
+
+    fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<CpuCache> {
+        let owns = |i: usize| spec.layers[i].attn.kv_source == i;
+        Ok(CpuCache {
+            layers: (0..spec.n_layers()).map(|i| owns(i).then(|| vec![SeqKv::default(); slots])).collect(),
+            windows: spec.layers.iter().map(|l| l.attn.window()).collect(),
+            kv_dims: spec.layers.iter().map(|l| l.attn.kv_dim()).collect(),
+            lens: vec![0; slots],
+        })
+    }
+
+    fn begin_step(&mut self, step: &Step) -> Result<()> {
+        self.step = step.clone();
+        Ok(())
+    }
+
+    fn embed(&mut self, table: &HostTensor) -> CpuTensor {
+        let h = table.shape[1];
+        let mut out = CpuTensor::zeros(self.step.len(), h);
+        for (r, &tok) in self.step.tokens.iter().enumerate() {
+            out.data[r * h..(r + 1) * h].copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
+        }
+        out
+    }
+
+    fn rms_norm(&mut self, x: &CpuTensor, weight: &HostTensor, eps: f32, group: usize) -> CpuTensor {
+        let mut out = x.clone();
+        // The weight covers one group (per-head norms) or the whole row.
+        let wlen = weight.data.len();
+        out.data.par_chunks_mut(x.cols).for_each(|row| {
+            for (g, chunk) in row.chunks_mut(group).enumerate() {
+                let ms = chunk.iter().map(|v| v * v).sum::<f32>() / group as f32;
+                let inv = 1.0 / (ms + eps).sqrt();
+                let base = (g * group) % wlen;
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v = *v * inv * weight.data[base + j];
+                }
+            }
+        });
+        out
+    }
+
+    fn linear(&mut self, x: &CpuTensor, w: &HostTensor, bias: Option<&HostTensor>) -> CpuTensor {
+        let (out, n) = (w.shape[0], w.shape[1]);
+        let mut data = matmul(&x.data, x.rows, &w.data, out, n);
+        if let Some(b) = bias {
+            data.chunks_mut(out).for_each(|row| row.iter_mut().zip(&b.data).for_each(|(v, b)| *v += b));
+        }
+        CpuTensor { rows: x.rows, cols: out, data }
+    }
+
+    fn clamp(&mut self, x: &mut CpuTensor, limit: f32) {
+        x.data.iter_mut().for_each(|v| *v = v.clamp(-limit, limit));
+    }
+
+    fn apply_rope(&mut self, x: &mut CpuTensor, rope: &RopeTable, head_dim: usize) {
+        let cols = x.cols;
+        let positions = &self.step.positions;
+        x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(|(row, &pos)| {
+            row.chunks_mut(head_dim).for_each(|head| rope.rotate(head, pos));
+        });
+    }
+
+    fn attention(
+        &mut self,
+        cache: &mut CpuCache,
+        spec: &AttnSpec,
+        q: &CpuTensor,
+        kv: Option<(&CpuTensor, &CpuTensor)>,
+        sinks: Option<&HostTensor>,
+    ) -> CpuTensor {
+        let src = spec.kv_source;
+        let kv_dim = spec.kv_dim();
+        let seqs = cache.layers[src].as_mut().expect("validated: the KV source layer owns a cache");
+        if let Some((k, v)) = kv {
+            for r in 0..self.step.len() {
+                let s = &mut seqs[self.step.seqs[r]];
+                s.k.extend_from_slice(k.row(r));
+                s.v.extend_from_slice(v.row(r));
+            }
+        }
+        let seqs = &*seqs;
+        let (hd, group) = (spec.head_dim, spec.n_heads / spec.n_kv_heads);
+        let window = spec.window();
+        let mut out = CpuTensor::zeros(q.rows, spec.q_dim());
+        let step = &self.step;
+        out.data.par_chunks_mut(spec.q_dim()).enumerate().for_each(|(r, out_row)| {
+            let s = &seqs[step.seqs[r]];
+            let pos = step.positions[r];
+            // Visible keys: positions in (pos - window, pos], and only what the cache still holds.
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w)).max(s.start);
+            let (lo, hi) = (first - s.start, pos + 1 - s.start);
+            let mut scores = vec![0.0f32; hi - lo];
+            for h in 0..spec.n_heads {
+                let kvh = h / group;
+                let qh = &q.row(r)[h * hd..(h + 1) * hd];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let krow = &s.k[(lo + j) * kv_dim + kvh * hd..][..hd];
+                    *sc = dot(qh, krow) * spec.softmax_scale;
+                }
+                let sink = sinks.map(|s| s.data[h]);
+                let max = scores.iter().copied().chain(sink).fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+                scores.iter_mut().for_each(|sc| {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                });
+                let o = &mut out_row[h * hd..(h + 1) * hd];
+                for (j, &p) in scores.iter().enumerate() {
+                    let vrow = &s.v[(lo + j) * kv_dim + kvh * hd..][..hd];
+                    o.iter_mut().zip(vrow).for_each(|(a, v)| *a += p / sum * v);
+                }
+            }
+        });
+        out
+    }
+
+    fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+        let data = gate.data.iter().zip(&up.data).map(|(g, u)| silu(*g) * u).collect();
+        CpuTensor { rows: gate.rows, cols: gate.cols, data }
+    }
+
+    fn moe(&mut self, x: &CpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> CpuTensor {
+        let h = x.cols;
+        let i = spec.expert_intermediate;
+        let logits = self.linear(x, &w.router, w.router_bias.as_ref());
+        let routes: Vec<(Vec<f32>, Vec<(usize, f32)>)> = logits.data.par_chunks(spec.n_experts).map(|lg| route(lg, spec)).collect();
+        let mut out = CpuTensor::zeros(x.rows, h);
+        out.data.par_chunks_mut(h).zip(routes.par_iter()).enumerate().for_each(|(r, (acc, (_, chosen)))| {
+            for &(e, weight) in chosen {
+                let biases = (opt_expert_slice(&w.gate_bias, e, i), opt_expert_slice(&w.up_bias, e, i), opt_expert_slice(&w.down_bias, e, h));
+                expert_forward(
+                    x.row(r),
+                    expert_slice(&w.gate, e, i * h),
+                    expert_slice(&w.up, e, i * h),
+                    expert_slice(&w.down, e, h * i),
+                    biases,
+                    spec.activation,
+                    weight,
+                    acc,
+                );
+            }
+        });
+        if let Some(trace) = self.routing.as_mut() {
+            let (probs, chosen): (Vec<Vec<f32>>, Vec<Vec<(usize, f32)>>) = routes.into_iter().unzip();
+            trace.push(LayerRouting { layer, n_experts: spec.n_experts, probs: probs.concat(), chosen });
+        }
+        out
+    }
+
+    fn sigmoid_gate(&mut self, x: &mut CpuTensor, gate: &CpuTensor) {
+        let cols = x.cols;
+        x.data.chunks_mut(cols).zip(&gate.data).for_each(|(row, g)| {
+            let s = sigmoid(*g);
+            row.iter_mut().for_each(|v| *v *= s);
+        });
+    }
+
+    fn add_assign(&mut self, x: &mut CpuTensor, y: &CpuTensor) {
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+    }
+
+    fn select_rows(&mut self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
+        let data = rows.iter().flat_map(|&r| x.row(r).iter().copied()).collect();
+        CpuTensor { rows: rows.len(), cols: x.cols, data }
+    }
+
+    fn end_step(&mut self, cache: &mut CpuCache) -> Result<()> {
+        for (r, &slot) in self.step.seqs.iter().enumerate() {
+            cache.lens[slot] = cache.lens[slot].max(self.step.positions[r] + 1);
+        }
+        // Sliding layers keep only the last `window` positions of each sequence.
+        for (layer, seqs) in cache.layers.iter_mut().enumerate() {
+            let (Some(seqs), Some(window)) = (seqs.as_mut(), cache.windows[layer]) else { continue };
+            let kv_dim = cache.kv_dims[layer];
+            for (slot, s) in seqs.iter_mut().enumerate() {
+                let keep_from = cache.lens[slot].saturating_sub(window);
+                if keep_from > s.start {
+                    let drop = (keep_from - s.start) * kv_dim;
+                    s.k.drain(..drop);
+                    s.v.drain(..drop);
+                    s.start = keep_from;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, x: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+
+    fn trace_routing(&mut self, on: bool) {
+        self.routing = on.then(Vec::new);
+    }
+
+    fn take_routing(&mut self) -> Result<Vec<LayerRouting>> {
+        Ok(self.routing.as_mut().map(std::mem::take).unwrap_or_default())
+    }
+}

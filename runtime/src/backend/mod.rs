@@ -1,0 +1,178 @@
+//! The backend trait: the ops the forward pass (`model.rs`) is written against, once for every backend.
+//!
+//! Shaped for GPUs as well as the CPU reference:
+//! - ops return handles and may only record work; nothing is read back until `read`, so a GPU backend can
+//!   encode a whole step into one submission;
+//! - routing happens inside `moe`: expert choices never leave the device;
+//! - a `Step` holds tokens of several sequences, each at its own position, so one step can mix prefill
+//!   chunks and decode tokens (continuous batching).
+
+pub mod cpu;
+
+use crate::checkpoint::HostTensor;
+use crate::error::Result;
+use crate::rope::RopeTable;
+use crate::spec::{AttnSpec, ModelSpec, MoeSpec};
+
+/// Where each kind of weight lives: host tensors while loading, backend handles once uploaded. The layer
+/// structs in `model.rs` are generic over this, so loading and uploading share one definition.
+pub trait WeightTypes {
+    /// A weight matrix, [out, in] row-major.
+    type Matrix;
+    /// A weight vector (norm weights, biases).
+    type Vector;
+    /// Stacked expert matrices, [experts, out, in].
+    type Experts;
+}
+
+/// Weights on the host, as family loaders produce them.
+pub struct Host;
+
+impl WeightTypes for Host {
+    type Matrix = HostTensor;
+    type Vector = HostTensor;
+    type Experts = HostTensor;
+}
+
+/// Precision the backend keeps weights in. The CPU reference always computes in f32; lower dtypes round the
+/// weights at upload so results show what that storage costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn parse(name: &str) -> Result<WeightDtype> {
+        match name {
+            "f32" => Ok(WeightDtype::F32),
+            "f16" => Ok(WeightDtype::F16),
+            "bf16" => Ok(WeightDtype::Bf16),
+            "fp8" => crate::bail!("--dtype fp8 is not available yet: FP8 weights arrive with the WGSL and CUDA backends"),
+            other => crate::bail!("unknown dtype `{other}` (expected f32, f16, bf16 or fp8)"),
+        }
+    }
+}
+
+/// The tokens of one forward step. Tokens of one sequence appear in order and continue that sequence's
+/// cache: the first has position == the number of tokens already cached for it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Step {
+    pub tokens: Vec<u32>,
+    /// Absolute position of each token in its sequence.
+    pub positions: Vec<usize>,
+    /// Cache slot of each token's sequence.
+    pub seqs: Vec<usize>,
+}
+
+impl Step {
+    /// One sequence's tokens starting at `start`.
+    pub fn single(seq: usize, tokens: &[u32], start: usize) -> Step {
+        Step { tokens: tokens.to_vec(), positions: (start..start + tokens.len()).collect(), seqs: vec![seq; tokens.len()] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+pub trait Backend: WeightTypes + Sized {
+    /// Activations: [rows, cols], one row per token of the step.
+    type Tensor;
+    type Rope;
+    /// KV storage for every layer that owns its K/V, for a fixed number of sequence slots.
+    type Cache: KvCache;
+
+    /// Human-readable description ("cpu (f32, 2 threads)").
+    fn describe(&self) -> String;
+
+    fn upload_matrix(&mut self, w: HostTensor) -> Result<Self::Matrix>;
+    fn upload_vector(&mut self, w: HostTensor) -> Result<Self::Vector>;
+    fn upload_experts(&mut self, w: HostTensor) -> Result<Self::Experts>;
+    fn upload_rope(&mut self, table: RopeTable) -> Result<Self::Rope>;
+    fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<Self::Cache>;
+
+    /// Makes the step's tokens, positions and sequence slots available to the ops that follow.
+    fn begin_step(&mut self, step: &Step) -> Result<()>;
+    /// Rows of `table` ([vocab, hidden]) for the step's tokens.
+    fn embed(&mut self, table: &Self::Matrix) -> Self::Tensor;
+    /// RMSNorm over each group of `group` columns (the row width, or head_dim for per-head norms).
+    fn rms_norm(&mut self, x: &Self::Tensor, weight: &Self::Vector, eps: f32, group: usize) -> Self::Tensor;
+    /// x · Wᵀ + bias.
+    fn linear(&mut self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Self::Tensor;
+    fn clamp(&mut self, x: &mut Self::Tensor, limit: f32);
+    /// Rotates every head_dim slice of x for its token's position.
+    fn apply_rope(&mut self, x: &mut Self::Tensor, rope: &Self::Rope, head_dim: usize);
+    /// Writes `kv` (when the layer owns its KV) into the cache of `spec.kv_source`, then attends each query
+    /// row over the keys its position may see (causal, and within the window of a sliding layer).
+    fn attention(
+        &mut self,
+        cache: &mut Self::Cache,
+        spec: &AttnSpec,
+        q: &Self::Tensor,
+        kv: Option<(&Self::Tensor, &Self::Tensor)>,
+        sinks: Option<&Self::Vector>,
+    ) -> Self::Tensor;
+    /// silu(gate) * up.
+    fn swiglu(&mut self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// Routes each row to its experts on the backend and returns the weighted sum of their outputs.
+    /// `layer` labels the routing trace.
+    fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Self::Tensor;
+    /// x[row] *= sigmoid(gate[row]) for a one-column gate.
+    fn sigmoid_gate(&mut self, x: &mut Self::Tensor, gate: &Self::Tensor);
+    fn add_assign(&mut self, x: &mut Self::Tensor, y: &Self::Tensor);
+    /// The listed rows of x (which tokens need logits).
+    fn select_rows(&mut self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
+    /// Finishes the step (cache bookkeeping) after the last op.
+    fn end_step(&mut self, cache: &mut Self::Cache) -> Result<()>;
+    /// The one read-back: the tensor's values, row-major.
+    fn read(&mut self, x: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// Start or stop recording every MoE layer's routing (for routing diagnostics; off by default).
+    fn trace_routing(&mut self, on: bool);
+    /// The routing recorded since the last call, in step and layer order.
+    fn take_routing(&mut self) -> Result<Vec<LayerRouting>>;
+}
+
+/// How one MoE layer routed the tokens of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerRouting {
+    pub layer: usize,
+    pub n_experts: usize,
+    /// [tokens, experts]: the router's probability of every expert (softmax or sigmoid of the logits).
+    pub probs: Vec<f32>,
+    /// Per token, the chosen experts and their weights.
+    pub chosen: Vec<Vec<(usize, f32)>>,
+}
+
+/// Sequence bookkeeping every cache offers.
+pub trait KvCache {
+    /// Tokens cached so far for a sequence slot.
+    fn seq_len(&self, slot: usize) -> usize;
+    /// Forget a sequence so its slot can start again at position 0.
+    fn reset(&mut self, slot: usize);
+    fn slots(&self) -> usize;
+}
+
+/// The routed experts of one MoE layer and their router.
+pub struct MoeExperts<W: WeightTypes> {
+    /// [experts, hidden]
+    pub router: W::Matrix,
+    /// [experts]
+    pub router_bias: Option<W::Vector>,
+    /// [experts, intermediate, hidden] each
+    pub gate: W::Experts,
+    pub up: W::Experts,
+    /// [experts, hidden, intermediate]
+    pub down: W::Experts,
+    /// [experts, intermediate] as a matrix (GPT-OSS)
+    pub gate_bias: Option<W::Matrix>,
+    pub up_bias: Option<W::Matrix>,
+    /// [experts, hidden]
+    pub down_bias: Option<W::Matrix>,
+}

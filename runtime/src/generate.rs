@@ -1,0 +1,187 @@
+//! Prompt logits and the generation loop on one sequence slot: prefill in chunks, then one token per step,
+//! streaming text as it becomes final.
+
+use std::time::Instant;
+
+use crate::backend::Step;
+use crate::bail;
+use crate::error::Result;
+use crate::sampler::{Sampler, SamplingParams, StopMatcher};
+use crate::session::Session;
+use crate::tokenizer::{TextStream, Tokenizer};
+
+/// Tokens per prefill step: bounds activation memory on long prompts.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Logits at every position of `ids`, [len][vocab], from a fresh sequence in `slot`.
+pub fn prompt_logits(session: &mut dyn Session, slot: usize, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+    if ids.is_empty() {
+        bail!("empty input: no token ids");
+    }
+    session.reset(slot);
+    let vocab = session.spec().vocab_size;
+    let mut rows = Vec::with_capacity(ids.len());
+    for (c, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+        let step = Step::single(slot, chunk, c * PREFILL_CHUNK);
+        let all: Vec<usize> = (0..chunk.len()).collect();
+        let logits = session.forward(&step, &all)?;
+        rows.extend(logits.chunks_exact(vocab).map(<[f32]>::to_vec));
+    }
+    Ok(rows)
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop_strings: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks, golden tests).
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` reached.
+    Length,
+    /// An end-of-sequence token or a stop string.
+    Stop,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    /// The generated text; None without a tokenizer.
+    pub text: Option<String>,
+    pub prompt_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    pub finish: FinishReason,
+}
+
+/// Generates from `prompt` in `slot` (reset first). `on_text` receives text as soon as it is final: never
+/// half a character, never the start of a stop string that may still complete.
+pub fn generate(
+    session: &mut dyn Session,
+    slot: usize,
+    prompt: &[u32],
+    tokenizer: Option<&Tokenizer>,
+    eos_ids: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        bail!("empty input: the prompt has no tokens");
+    }
+    opts.sampling.validate()?;
+    let context = session.spec().max_position_embeddings;
+    if prompt.len() >= context {
+        bail!("the prompt has {} tokens; the model's context is {context}", prompt.len());
+    }
+    let max_tokens = opts.max_tokens.min(context - prompt.len());
+    session.reset(slot);
+    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut stop = StopMatcher::new(if opts.ignore_eos { Vec::new() } else { eos_ids.to_vec() }, opts.stop_strings.clone());
+    let mut stream = tokenizer.map(TextStream::new);
+    let mut history = prompt.to_vec();
+    let mut text = tokenizer.map(|_| String::new());
+
+    let started = Instant::now();
+    let mut logits = Vec::new();
+    for (c, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        let step = Step::single(slot, chunk, c * PREFILL_CHUNK);
+        logits = session.forward(&step, &[chunk.len() - 1])?;
+    }
+    let prefill_secs = started.elapsed().as_secs_f64();
+
+    let decode_started = Instant::now();
+    let mut tokens = Vec::new();
+    let mut finish = FinishReason::Length;
+    let mut hit_stop_string = false;
+    while tokens.len() < max_tokens {
+        let id = sampler.sample(&logits, &history);
+        if stop.is_eos(id) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        tokens.push(id);
+        history.push(id);
+        if let Some(stream) = stream.as_mut() {
+            let piece = stream.push(id)?;
+            let (emit, stopped) = stop.push_text(&piece);
+            emit_text(&mut text, &emit, &mut on_text);
+            if stopped {
+                finish = FinishReason::Stop;
+                hit_stop_string = true;
+                break;
+            }
+        }
+        if tokens.len() == max_tokens {
+            break;
+        }
+        let step = Step::single(slot, &[id], history.len() - 1);
+        logits = session.forward(&step, &[0])?;
+    }
+    // Without a stop string, whatever the stream and the matcher still hold is final text.
+    if let Some(stream) = stream.as_mut() {
+        if !hit_stop_string {
+            let rest = stream.finish()?;
+            let (emit, _) = stop.push_text(&rest);
+            emit_text(&mut text, &emit, &mut on_text);
+            let held = stop.flush();
+            emit_text(&mut text, &held, &mut on_text);
+        }
+    }
+    let decode_secs = decode_started.elapsed().as_secs_f64();
+    // The first token comes from the prefill; decode speed counts the steps after it.
+    let decode_steps = tokens.len().saturating_sub(1);
+    Ok(Generation {
+        prompt_tokens: prompt.len(),
+        prefill_tok_s: rate(prompt.len(), prefill_secs),
+        decode_tok_s: rate(decode_steps, decode_secs),
+        tokens,
+        text,
+        finish,
+    })
+}
+
+fn emit_text(text: &mut Option<String>, piece: &str, on_text: &mut impl FnMut(&str)) {
+    if piece.is_empty() {
+        return;
+    }
+    if let Some(t) = text.as_mut() {
+        t.push_str(piece);
+    }
+    on_text(piece);
+}
+
+fn rate(count: usize, secs: f64) -> f64 {
+    if count == 0 || secs <= 0.0 {
+        0.0
+    } else {
+        count as f64 / secs
+    }
+}
+
+/// End-of-sequence ids from everywhere a Hugging Face folder states them: config.json,
+/// generation_config.json and the tokenizer's eos token.
+pub fn eos_ids(dir: &std::path::Path, spec: &crate::spec::ModelSpec, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
+    let mut ids = spec.eos_token_ids.clone();
+    if let Ok(generation) = crate::hf_config::HfConfig::load(&dir.join("generation_config.json")) {
+        ids.extend(generation.token_ids("eos_token_id").unwrap_or_default());
+    }
+    if let Some(tok) = tokenizer {
+        ids.extend(tok.eos_ids());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}

@@ -1,0 +1,18 @@
+//! volt-runtime: the model spec every backend executes, Hugging Face loaders, the CPU reference backend and
+//! the forward pass written once against the backend trait.
+
+pub mod error;
+pub use error::{Error, Result, ResultExt};
+pub mod chat_template;
+pub mod sampler;
+pub mod tokenizer;
+pub mod backend;
+pub mod checkpoint;
+pub mod hf_config;
+pub mod model;
+pub mod models;
+pub mod mxfp4;
+pub mod rope;
+pub mod spec;
+pub mod generate;
+pub mod session;

@@ -1,0 +1,98 @@
+//! GPT-OSS (`gpt_oss`): alternating sliding/full attention (`layer_types`) with per-head attention sinks and
+//! biases on all projections; yarn RoPE; a router with bias whose top-k raw logits are softmaxed; experts
+//! with biases and the clamped SwiGLU; expert weights in MXFP4 or float.
+//!
+//! Tensors under `model.layers.{l}.mlp`: `router.{weight [E, H], bias [E]}`; float experts as transformers
+//! holds them, transposed and with gate/up interleaved: `experts.gate_up_proj` (E, H, 2I) where column 2j
+//! is gate j and 2j+1 is up j, `experts.gate_up_proj_bias` (E, 2I), `experts.down_proj` (E, I, H),
+//! `experts.down_proj_bias` (E, H); or MXFP4 `experts.gate_up_proj_{blocks,scales}` decoding to
+//! (E, 2I, H) with interleaved rows, and `experts.down_proj_{blocks,scales}` decoding to (E, H, I).
+
+use super::{EXPERT_COUNT_KEYS, llama_layer, sliding_windows, Dims, Family};
+use crate::backend::{Host, MoeExperts};
+use crate::checkpoint::{Checkpoint, HostTensor};
+use crate::error::Result;
+use crate::hf_config::HfConfig;
+use crate::model::{Layer, Moe};
+use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection};
+
+pub struct GptOss;
+
+impl Family for GptOss {
+    fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec> {
+        let d = Dims::from_config(cfg)?;
+        // Without `layer_types`, transformers alternates starting with a sliding layer.
+        let windows = sliding_windows(cfg, d.n_layers, |l| l % 2 == 0)?;
+        let bias = cfg.bool_or("attention_bias", true)?;
+        let k = match cfg.opt_usize("num_experts_per_tok")? {
+            Some(k) => k,
+            None => cfg.usize("experts_per_token")?,
+        };
+        let layers = (0..d.n_layers)
+            .map(|l| {
+                let mut attn = d.attention(cfg, l, windows[l])?;
+                attn.qkv_bias = bias;
+                attn.o_bias = bias;
+                attn.sinks = true;
+                let ffn = FfnSpec::Moe(MoeSpec {
+                    n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
+                    expert_intermediate: cfg.usize("intermediate_size")?,
+                    router: RouterSpec {
+                        scoring: Scoring::Softmax,
+                        order: RouterOrder::SelectThenScore,
+                        selection: Selection::TopK { k },
+                        renormalize: false,
+                        bias: true,
+                    },
+                    activation: ExpertActivation::ClampedSwiGlu { alpha: 1.702, limit: cfg.f64_or("swiglu_limit", 7.0)? as f32 },
+                    expert_bias: true,
+                    shared: None,
+                });
+                Ok(LayerSpec { attn, ffn })
+            })
+            .collect::<Result<_>>()?;
+        d.model_spec(cfg, 1e-5, layers)
+    }
+
+    fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
+        let p = format!("model.layers.{l}.mlp");
+        let h = spec.hidden_size;
+        llama_layer(ck, spec, l, |m| {
+            let (e, i) = (m.n_experts, m.expert_intermediate);
+            let x = format!("{p}.experts");
+            // Both forms end as [E, 2I, H] (rows interleaved gate/up) and [E, H, I]: out x in.
+            let (gate_up, down) = if ck.has(&format!("{x}.gate_up_proj_blocks")) {
+                (
+                    ck.mxfp4_f32(&format!("{x}.gate_up_proj_blocks"), &format!("{x}.gate_up_proj_scales"), e, 2 * i, h)?,
+                    ck.mxfp4_f32(&format!("{x}.down_proj_blocks"), &format!("{x}.down_proj_scales"), e, h, i)?,
+                )
+            } else {
+                (ck.f32(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?.transpose_last2(), ck.f32(&format!("{x}.down_proj"), &[e, i, h])?.transpose_last2())
+            };
+            let (gate, up) = deinterleave(&gate_up, e, i, h);
+            let gu_bias = ck.f32(&format!("{x}.gate_up_proj_bias"), &[e, 2 * i])?;
+            let (gate_bias, up_bias) = deinterleave(&gu_bias, e, i, 1);
+            let experts = MoeExperts {
+                router: ck.f32(&format!("{p}.router.weight"), &[e, h])?,
+                router_bias: Some(ck.f32(&format!("{p}.router.bias"), &[e])?),
+                gate,
+                up,
+                down,
+                gate_bias: Some(HostTensor::new(vec![e, i], gate_bias.data)),
+                up_bias: Some(HostTensor::new(vec![e, i], up_bias.data)),
+                down_bias: Some(ck.f32(&format!("{x}.down_proj_bias"), &[e, h])?),
+            };
+            Ok(Moe { experts, shared: None, shared_gate: None })
+        })
+    }
+}
+
+/// Splits [E, 2I, W] with interleaved rows (even = gate, odd = up) into two [E, I, W].
+fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> (HostTensor, HostTensor) {
+    let (mut gate, mut up) = (Vec::with_capacity(e * i * w), Vec::with_capacity(e * i * w));
+    for pair in t.data.chunks_exact(2 * w) {
+        gate.extend_from_slice(&pair[..w]);
+        up.extend_from_slice(&pair[w..]);
+    }
+    (HostTensor::new(vec![e, i, w], gate), HostTensor::new(vec![e, i, w], up))
+}

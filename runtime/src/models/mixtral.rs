@@ -1,0 +1,50 @@
+//! Mixtral (`mixtral`): every layer MoE, softmax top-k always renormalised; `intermediate_size` is per
+//! expert; one `sliding_window` for every layer (null in the released checkpoints).
+//!
+//! Hub tensors: `model.layers.{l}.block_sparse_moe.gate.weight` [E, H] and
+//! `block_sparse_moe.experts.{e}.w1` (gate), `w3` (up), `w2` (down). transformers v5 renames them to
+//! `mlp.gate` and fused `mlp.experts.gate_up_proj` / `down_proj`; both load.
+
+use super::{EXPERT_COUNT_KEYS, llama_layer, plain_moe, sliding_windows, softmax_topk, Dims, Family};
+use crate::backend::Host;
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::hf_config::HfConfig;
+use crate::model::{Layer, Moe};
+use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec};
+
+pub struct Mixtral;
+
+impl Family for Mixtral {
+    fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec> {
+        let d = Dims::from_config(cfg)?;
+        let windows = sliding_windows(cfg, d.n_layers, |_| true)?;
+        let layers = (0..d.n_layers)
+            .map(|l| {
+                let ffn = FfnSpec::Moe(MoeSpec {
+                    n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
+                    expert_intermediate: cfg.usize("intermediate_size")?,
+                    router: softmax_topk(cfg.usize("num_experts_per_tok")?, true),
+                    activation: ExpertActivation::SwiGlu,
+                    expert_bias: false,
+                    shared: None,
+                });
+                Ok(LayerSpec { attn: d.attention(cfg, l, windows[l])?, ffn })
+            })
+            .collect::<Result<_>>()?;
+        d.model_spec(cfg, 1e-5, layers)
+    }
+
+    fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
+        let hub = format!("model.layers.{l}.block_sparse_moe");
+        let v5 = format!("model.layers.{l}.mlp");
+        llama_layer(ck, spec, l, |m| {
+            let experts = if ck.has(&format!("{hub}.gate.weight")) {
+                plain_moe(ck, &hub, "gate", ["w1", "w3", "w2"], m, spec.hidden_size)?
+            } else {
+                plain_moe(ck, &v5, "gate", ["gate_proj", "up_proj", "down_proj"], m, spec.hidden_size)?
+            };
+            Ok(Moe { experts, shared: None, shared_gate: None })
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! Qwen2-MoE (`qwen2_moe`, Qwen1.5-MoE): softmax top-k routing (renormalised iff `norm_topk_prob`), one
+//! shared expert scaled by sigmoid(`shared_expert_gate`), q/k/v biases, dense layers from
+//! `mlp_only_layers` / `decoder_sparse_step`.
+//!
+//! Tensors under `model.layers.{l}.mlp`: `gate.weight` [E, H]; `experts.{e}.{gate,up,down}_proj.weight`
+//! (or fused `experts.gate_up_proj`); `shared_expert.{gate,up,down}_proj.weight`; `shared_expert_gate.weight` [1, H].
+
+use super::{EXPERT_COUNT_KEYS, llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, swiglu_mlp, Dims, Family};
+use crate::backend::Host;
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::hf_config::HfConfig;
+use crate::model::{Layer, Moe};
+use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, SharedExperts};
+
+pub struct Qwen2Moe;
+
+impl Family for Qwen2Moe {
+    fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec> {
+        let d = Dims::from_config(cfg)?;
+        let moe_layers = qwen_moe_layers(cfg, d.n_layers)?;
+        let shared = cfg.usize_or("shared_expert_intermediate_size", 0)?;
+        let moe = |_: usize| -> Result<MoeSpec> {
+            Ok(MoeSpec {
+                n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
+                expert_intermediate: cfg.usize("moe_intermediate_size")?,
+                router: softmax_topk(cfg.usize("num_experts_per_tok")?, cfg.bool_or("norm_topk_prob", false)?),
+                activation: ExpertActivation::SwiGlu,
+                expert_bias: false,
+                shared: (shared > 0).then_some(SharedExperts { intermediate: shared, count: 1, gated: true }),
+            })
+        };
+        // transformers' Qwen2-MoE rule: odd-numbered (1-based) layers below `max_window_layers` slide.
+        let windows = if cfg.bool_or("use_sliding_window", false)? {
+            let below = cfg.usize_or("max_window_layers", d.n_layers)?;
+            sliding_windows(cfg, d.n_layers, |l| (l + 1) % 2 == 1 && l < below)?
+        } else {
+            vec![None; d.n_layers]
+        };
+        let layers = (0..d.n_layers)
+            .map(|l| {
+                let mut attn = d.attention(cfg, l, windows[l])?;
+                attn.qkv_bias = cfg.bool_or("qkv_bias", true)?;
+                let ffn = if moe_layers[l] { FfnSpec::Moe(moe(l)?) } else { FfnSpec::Dense { intermediate: cfg.usize("intermediate_size")? } };
+                Ok(LayerSpec { attn, ffn })
+            })
+            .collect::<Result<_>>()?;
+        d.model_spec(cfg, 1e-6, layers)
+    }
+
+    fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
+        let h = spec.hidden_size;
+        let p = format!("model.layers.{l}.mlp");
+        llama_layer(ck, spec, l, |m| {
+            let shared = m.shared.as_ref().map(|s| swiglu_mlp(ck, &format!("{p}.shared_expert"), h, s.intermediate)).transpose()?;
+            let shared_gate = if m.shared.is_some() { Some(ck.f32(&format!("{p}.shared_expert_gate.weight"), &[1, h])?) } else { None };
+            Ok(Moe { experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?, shared, shared_gate })
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! A model loaded on a backend together with its KV cache, behind an object-safe trait so commands and the
+//! engine can drive any backend without naming its type.
+
+use std::path::Path;
+
+use crate::backend::{Backend, KvCache, LayerRouting, Step};
+use crate::error::Result;
+use crate::model::Model;
+use crate::spec::ModelSpec;
+
+pub trait Session {
+    fn spec(&self) -> &ModelSpec;
+    /// Backend and precision, for messages and `--json` outputs.
+    fn describe(&self) -> String;
+    /// Runs a step and returns the logits of `logit_rows`, row-major [rows.len(), vocab].
+    fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>>;
+    /// Tokens cached for a sequence slot.
+    fn seq_len(&self, slot: usize) -> usize;
+    fn reset(&mut self, slot: usize);
+    /// Start or stop recording MoE routing; `take_routing` returns what was recorded.
+    fn trace_routing(&mut self, on: bool);
+    fn take_routing(&mut self) -> Result<Vec<LayerRouting>>;
+}
+
+pub struct BackendSession<B: Backend> {
+    backend: B,
+    model: Model<B>,
+    cache: B::Cache,
+}
+
+impl<B: Backend> BackendSession<B> {
+    pub fn load(mut backend: B, dir: &Path, slots: usize) -> Result<Self> {
+        let model = Model::load(&mut backend, dir)?;
+        let cache = backend.new_cache(&model.spec, slots)?;
+        Ok(BackendSession { backend, model, cache })
+    }
+
+    pub fn cache(&self) -> &B::Cache {
+        &self.cache
+    }
+}
+
+impl<B: Backend> Session for BackendSession<B> {
+    fn spec(&self) -> &ModelSpec {
+        &self.model.spec
+    }
+
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>> {
+        let logits = self.model.forward(&mut self.backend, &mut self.cache, step, logit_rows)?;
+        self.backend.read(&logits)
+    }
+
+    fn seq_len(&self, slot: usize) -> usize {
+        self.cache.seq_len(slot)
+    }
+
+    fn reset(&mut self, slot: usize) {
+        self.cache.reset(slot)
+    }
+
+    fn trace_routing(&mut self, on: bool) {
+        self.backend.trace_routing(on)
+    }
+
+    fn take_routing(&mut self) -> Result<Vec<LayerRouting>> {
+        self.backend.take_routing()
+    }
+}

@@ -1,0 +1,157 @@
+//! Golden tests: every fixture under tests/fixtures (tiny random checkpoints of each family, made by
+//! tools/make_fixtures.py with transformers) must give transformers' logits at every position within the
+//! fixture's tolerance, and the same 10 greedy tokens.
+
+use std::path::{Path, PathBuf};
+
+use volt_runtime::backend::cpu::CpuBackend;
+use volt_runtime::backend::WeightDtype;
+use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
+use volt_runtime::sampler::SamplingParams;
+use volt_runtime::session::{BackendSession, Session};
+
+struct Expected {
+    ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+    atol: f32,
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("tests/fixtures exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").exists() && p.join("config.json").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn expected(dir: &Path) -> Expected {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = |key: &str| v[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<u32>>();
+    Expected {
+        ids: ids("ids"),
+        logits: v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+            .collect(),
+        greedy: ids("greedy"),
+        atol: v["atol"].as_f64().unwrap_or(2e-3) as f32,
+    }
+}
+
+/// Largest |expected - got| over all positions, with where it is.
+fn max_abs_diff(expected: &[Vec<f32>], got: &[Vec<f32>]) -> (f32, usize, usize) {
+    let mut worst = (0.0f32, 0, 0);
+    for (p, (e, g)) in expected.iter().zip(got).enumerate() {
+        assert_eq!(e.len(), g.len(), "position {p}: vocab {} vs {}", e.len(), g.len());
+        for (i, (a, b)) in e.iter().zip(g).enumerate() {
+            let d = (a - b).abs();
+            if d > worst.0 || d.is_nan() {
+                worst = (d, p, i);
+            }
+        }
+    }
+    worst
+}
+
+fn check(dir: &Path) -> Result<String, String> {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let exp = expected(dir);
+    let mut session = BackendSession::load(CpuBackend::new(WeightDtype::F32), dir, 1).map_err(|e| format!("{name}: load failed: {e}"))?;
+    let got = prompt_logits(&mut session, 0, &exp.ids).map_err(|e| format!("{name}: {e}"))?;
+    if got.len() != exp.logits.len() {
+        return Err(format!("{name}: {} positions, expected {}", got.len(), exp.logits.len()));
+    }
+    let (diff, pos, idx) = max_abs_diff(&exp.logits, &got);
+    if !(diff <= exp.atol) {
+        return Err(format!(
+            "{name}: logits differ by {diff:.3e} > {:.1e} at position {pos}, index {idx}: expected {}, got {}",
+            exp.atol, exp.logits[pos][idx], got[pos][idx]
+        ));
+    }
+    let opts = GenerateOptions { max_tokens: exp.greedy.len(), sampling: SamplingParams::greedy(), stop_strings: vec![], ignore_eos: true };
+    let out = generate(&mut session, 0, &exp.ids, None, &[], &opts, |_| {}).map_err(|e| format!("{name}: {e}"))?;
+    if out.tokens != exp.greedy {
+        return Err(format!("{name}: greedy tokens {:?}, expected {:?}", out.tokens, exp.greedy));
+    }
+    Ok(format!("{name}: max |diff| {diff:.2e} over {} positions, greedy {} tokens identical ({})", got.len(), out.tokens.len(), session.describe()))
+}
+
+#[test]
+fn cpu_matches_transformers_on_every_fixture() {
+    let dirs = fixtures();
+    assert!(!dirs.is_empty(), "no fixtures under tests/fixtures: run python3 tools/make_fixtures.py");
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        match check(dir) {
+            Ok(line) => println!("ok   {line}"),
+            Err(line) => {
+                println!("FAIL {line}");
+                failures.push(line);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), dirs.len(), failures.join("\n"));
+}
+
+fn load(name: &str, slots: usize) -> BackendSession<CpuBackend> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);
+    BackendSession::load(CpuBackend::new(WeightDtype::F32), &dir, slots).unwrap()
+}
+
+/// One step holding a decode token of one sequence and a prefill chunk of another must give each row the
+/// logits it gets when its sequence runs alone.
+#[test]
+fn a_step_mixing_sequences_at_different_positions_matches_running_each_alone() {
+    use volt_runtime::backend::Step;
+    for name in ["mistral", "gpt_oss", "qwen2_moe"] {
+        let a: Vec<u32> = (0..13).map(|i| (i * 7 + 3) % 97).collect();
+        let b: Vec<u32> = (0..9).map(|i| (i * 5 + 1) % 89).collect();
+        let mut alone = load(name, 1);
+        let a_logits = prompt_logits(&mut alone, 0, &a).unwrap();
+        let b_logits = prompt_logits(&mut alone, 0, &b).unwrap();
+
+        let mut mixed = load(name, 2);
+        // Sequence 0 prefills all but its last token; then one step carries a's last token (position 12)
+        // together with b's first 5 tokens (positions 0..5); then b's remaining 4.
+        mixed.forward(&Step::single(0, &a[..12], 0), &[11]).unwrap();
+        let mut step = Step::single(0, &a[12..], 12);
+        let b_head = Step::single(1, &b[..5], 0);
+        step.tokens.extend(&b_head.tokens);
+        step.positions.extend(&b_head.positions);
+        step.seqs.extend(&b_head.seqs);
+        let vocab = a_logits[0].len();
+        let got = mixed.forward(&step, &[0, 5]).unwrap();
+        let rest = mixed.forward(&Step::single(1, &b[5..], 5), &[3]).unwrap();
+        let rows = [(&got[..vocab], &a_logits[12]), (&got[vocab..], &b_logits[4]), (&rest[..], &b_logits[8])];
+        for (r, (g, e)) in rows.iter().enumerate() {
+            let diff = g.iter().zip(e.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "{name}: row {r} differs by {diff}");
+        }
+    }
+}
+
+/// Sliding layers keep only their last W entries; layers that reuse another layer's KV keep none.
+#[test]
+fn kv_cache_keeps_only_what_the_spec_needs() {
+    for name in ["mistral", "gpt_oss", "qwen3", "llama"] {
+        let mut s = load(name, 1);
+        let ids: Vec<u32> = (0..20).map(|i| (i * 3 + 2) % 90).collect();
+        prompt_logits(&mut s, 0, &ids).unwrap();
+        let spec = s.spec().clone();
+        let expected: usize = spec
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| l.attn.kv_source == *i)
+            .map(|(_, l)| l.attn.window().map_or(ids.len(), |w| w.min(ids.len())))
+            .sum();
+        assert_eq!(s.cache().rows_held(), expected, "{name}");
+        assert_eq!(s.seq_len(0), ids.len());
+    }
+}
