@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn volt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volt")).args(args).output().expect("volt runs")
+    Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(args)
+        .output()
+        .expect("volt runs")
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 /// A scratch copy of a fixture that a test may break.
@@ -27,43 +32,95 @@ fn scratch_copy(name: &str, tag: &str) -> PathBuf {
 /// Fails unless the command failed with exactly one `error: ...` line mentioning `needle`.
 fn assert_clean_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "not an error line: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "panic: {stderr}");
-    assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "error does not mention `{needle}`: {stderr}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "not an error line: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "panic: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "error does not mention `{needle}`: {stderr}"
+    );
 }
 
 fn json_stdout(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
 }
 
 #[test]
 fn logits_prints_one_json_row_per_position() {
     let dir = fixture("llama");
-    let out = volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "3,17,42", "--backend", "cpu"]);
+    let out = volt(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        "3,17,42",
+        "--backend",
+        "cpu",
+    ]);
     let v = json_stdout(&out);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().lines().count(), 1, "stdout must be exactly one JSON object");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().lines().count(),
+        1,
+        "stdout must be exactly one JSON object"
+    );
     let rows = v["logits"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
-    let vocab = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()["vocab_size"].as_u64().unwrap();
-    assert!(rows.iter().all(|r| r.as_array().unwrap().len() as u64 == vocab));
+    let vocab = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+    )
+    .unwrap()["vocab_size"]
+        .as_u64()
+        .unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r.as_array().unwrap().len() as u64 == vocab));
 }
 
 #[test]
 fn generate_json_is_deterministic_at_temperature_zero() {
     let dir = fixture("mixtral");
-    let args = ["generate", "--model", dir.to_str().unwrap(), "--ids", "5,9,11,30", "--max-tokens", "6", "--temperature", "0", "--ignore-eos", "--json", "--backend", "cpu"];
+    let args = [
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        "5,9,11,30",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+        "--backend",
+        "cpu",
+    ];
     let a = json_stdout(&volt(&args));
     let b = json_stdout(&volt(&args));
     assert_eq!(a["tokens"], b["tokens"]);
     assert_eq!(a["tokens"].as_array().unwrap().len(), 6);
     assert_eq!(a["prompt_tokens"], 4);
     assert!(a["text"].is_null(), "no tokenizer, so text is null");
-    assert!(a["prefill_tok_s"].as_f64().unwrap() > 0.0 && a["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        a["prefill_tok_s"].as_f64().unwrap() > 0.0 && a["decode_tok_s"].as_f64().unwrap() > 0.0
+    );
 }
 
 #[test]
@@ -76,19 +133,44 @@ fn info_reports_layers_and_kv_for_every_fixture_and_a_config_alone() {
             continue;
         }
         for target in [dir.clone(), dir.join("config.json")] {
-            let v = json_stdout(&volt(&["info", "--model", target.to_str().unwrap(), "--context", "64", "--json"]));
+            let v = json_stdout(&volt(&[
+                "info",
+                "--model",
+                target.to_str().unwrap(),
+                "--context",
+                "64",
+                "--json",
+            ]));
             let layers = v["layers"].as_array().unwrap();
             assert!(!layers.is_empty());
             for (i, l) in layers.iter().enumerate() {
-                for key in ["attention", "window", "kv_source", "ffn", "experts", "shared_experts", "top_k"] {
-                    assert!(l.get(key).is_some(), "{}: layer {i} lacks {key}", dir.display());
+                for key in [
+                    "attention",
+                    "window",
+                    "kv_source",
+                    "ffn",
+                    "experts",
+                    "shared_experts",
+                    "top_k",
+                ] {
+                    assert!(
+                        l.get(key).is_some(),
+                        "{}: layer {i} lacks {key}",
+                        dir.display()
+                    );
                 }
                 assert!(l["kv_source"].as_u64().unwrap() <= i as u64);
             }
             assert!(v["params_total"].as_u64().unwrap() >= v["params_active"].as_u64().unwrap());
             assert!(v["vocab_size"].as_u64().unwrap() > 0);
-            let (kv, base) = (v["kv_bytes"].as_f64().unwrap(), v["kv_bytes_baseline"].as_f64().unwrap());
-            assert!(kv <= base && (v["kv_reduction"].as_f64().unwrap() - (1.0 - kv / base)).abs() < 1e-12);
+            let (kv, base) = (
+                v["kv_bytes"].as_f64().unwrap(),
+                v["kv_bytes_baseline"].as_f64().unwrap(),
+            );
+            assert!(
+                kv <= base
+                    && (v["kv_reduction"].as_f64().unwrap() - (1.0 - kv / base)).abs() < 1e-12
+            );
         }
         seen += 1;
     }
@@ -108,7 +190,14 @@ fn info_counts_parameters_like_the_checkpoint() {
         .unwrap()
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .map(|(_, t)| t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>())
+        .map(|(_, t)| {
+            t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product::<u64>()
+        })
         .sum();
     assert_eq!(v["params_total"].as_u64().unwrap(), stored);
 }
@@ -122,7 +211,18 @@ fn missing_weights_are_a_clean_error() {
             std::fs::remove_file(p).unwrap();
         }
     }
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,2", "--backend", "cpu"]), "safetensors");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--backend",
+            "cpu",
+        ]),
+        "safetensors",
+    );
 }
 
 #[test]
@@ -130,70 +230,237 @@ fn truncated_weights_are_a_clean_error() {
     let dir = scratch_copy("llama", "truncated");
     let f = dir.join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,2", "--backend", "cpu"]), "truncated or corrupt");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--backend",
+            "cpu",
+        ]),
+        "truncated or corrupt",
+    );
 }
 
 #[test]
 fn corrupt_weights_are_a_clean_error() {
     let dir = scratch_copy("llama", "corrupt");
-    std::fs::write(dir.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,2", "--backend", "cpu"]), "corrupt");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
+    )
+    .unwrap();
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--backend",
+            "cpu",
+        ]),
+        "corrupt",
+    );
 }
 
 #[test]
 fn malformed_config_is_a_clean_error() {
     let dir = scratch_copy("llama", "badconfig");
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"llama\", ").unwrap();
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,2", "--backend", "cpu"]), "config.json");
-    std::fs::write(dir.join("config.json"), "{\"model_type\": \"llama\", \"hidden_size\": \"wide\"}").unwrap();
-    assert_clean_error(&volt(&["info", "--model", dir.to_str().unwrap()]), "hidden_size");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--backend",
+            "cpu",
+        ]),
+        "config.json",
+    );
+    std::fs::write(
+        dir.join("config.json"),
+        "{\"model_type\": \"llama\", \"hidden_size\": \"wide\"}",
+    )
+    .unwrap();
+    assert_clean_error(
+        &volt(&["info", "--model", dir.to_str().unwrap()]),
+        "hidden_size",
+    );
 }
 
 #[test]
 fn unknown_architecture_is_a_clean_error() {
     let dir = scratch_copy("llama", "arch");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,2", "--backend", "cpu"]), "unknown architecture `gpt_neox`");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--backend",
+            "cpu",
+        ]),
+        "unknown architecture `gpt_neox`",
+    );
 }
 
 #[test]
 fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
     let dir = scratch_copy("llama", "shape");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let inter = cfg["intermediate_size"].as_u64().unwrap();
     cfg["intermediate_size"] = (inter + 2).into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let out = volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,2", "--backend", "cpu"]);
+    let out = volt(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        "1,2",
+        "--backend",
+        "cpu",
+    ]);
     assert_clean_error(&out, "mlp.gate_proj.weight");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}", inter)) && stderr.contains(&format!("{}", inter + 2)), "both shapes: {stderr}");
+    assert!(
+        stderr.contains(&format!("{}", inter)) && stderr.contains(&format!("{}", inter + 2)),
+        "both shapes: {stderr}"
+    );
 }
 
 #[test]
 fn token_outside_vocabulary_is_a_clean_error() {
     let dir = fixture("llama");
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,999999", "--backend", "cpu"]), "outside the vocabulary");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,999999",
+            "--backend",
+            "cpu",
+        ]),
+        "outside the vocabulary",
+    );
 }
 
 #[test]
 fn empty_input_is_a_clean_error() {
     let dir = fixture("llama");
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "", "--backend", "cpu"]), "empty input");
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,,2", "--backend", "cpu"]), "not a token id");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "",
+            "--backend",
+            "cpu",
+        ]),
+        "empty input",
+    );
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,,2",
+            "--backend",
+            "cpu",
+        ]),
+        "not a token id",
+    );
 }
 
 #[test]
 fn unknown_backend_and_flags_are_clean_errors() {
     let dir = fixture("llama");
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1", "--backend", "tpu"]), "unknown backend `tpu`");
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1", "--bakend", "cpu"]), "unknown flag --bakend");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1",
+            "--backend",
+            "tpu",
+        ]),
+        "unknown backend `tpu`",
+    );
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1",
+            "--bakend",
+            "cpu",
+        ]),
+        "unknown flag --bakend",
+    );
     assert_clean_error(&volt(&["frobnicate"]), "unknown command");
 }
 
 #[test]
 fn unavailable_backends_say_why() {
     let dir = fixture("llama");
-    assert_clean_error(&volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1", "--backend", "cuda"]), "backend cuda cannot start");
+    assert_clean_error(
+        &volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1",
+            "--backend",
+            "cuda",
+        ]),
+        "backend cuda cannot start",
+    );
+}
+
+#[test]
+fn yi_lightning_layout_saves_the_reports_82_8_percent_of_kv() {
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/layouts/yi-lightning.json");
+    let v = json_stdout(&volt(&[
+        "info",
+        "--model",
+        layout.to_str().unwrap(),
+        "--context",
+        "65536",
+        "--json",
+    ]));
+    // 3/4 of the layers keep 4096 of 65536 positions; the full quarter shares KV in pairs: 1/8 remains.
+    let reduction = v["kv_reduction"].as_f64().unwrap();
+    assert!(
+        (reduction - (1.0 - (0.75 * 4096.0 / 65536.0 + 0.125))).abs() < 1e-12,
+        "{reduction}"
+    );
+    assert_eq!(format!("{reduction:.3}"), "0.828");
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers[3]["attention"], "full");
+    assert_eq!(
+        layers[7]["kv_source"], 3,
+        "the second full layer reads the first one's KV"
+    );
+    assert_eq!(layers[0]["window"], 4096);
 }

@@ -29,15 +29,29 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 fn expected(dir: &Path) -> Expected {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = |key: &str| v[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<u32>>();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = |key: &str| {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<u32>>()
+    };
     Expected {
         ids: ids("ids"),
         logits: v["logits"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
             .collect(),
         greedy: ids("greedy"),
         atol: v["atol"].as_f64().unwrap_or(2e-3) as f32,
@@ -48,7 +62,13 @@ fn expected(dir: &Path) -> Expected {
 fn max_abs_diff(expected: &[Vec<f32>], got: &[Vec<f32>]) -> (f32, usize, usize) {
     let mut worst = (0.0f32, 0, 0);
     for (p, (e, g)) in expected.iter().zip(got).enumerate() {
-        assert_eq!(e.len(), g.len(), "position {p}: vocab {} vs {}", e.len(), g.len());
+        assert_eq!(
+            e.len(),
+            g.len(),
+            "position {p}: vocab {} vs {}",
+            e.len(),
+            g.len()
+        );
         for (i, (a, b)) in e.iter().zip(g).enumerate() {
             let d = (a - b).abs();
             if d > worst.0 || d.is_nan() {
@@ -62,10 +82,15 @@ fn max_abs_diff(expected: &[Vec<f32>], got: &[Vec<f32>]) -> (f32, usize, usize) 
 fn check(dir: &Path) -> Result<String, String> {
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let exp = expected(dir);
-    let mut session = BackendSession::load(CpuBackend::new(WeightDtype::F32), dir, 1).map_err(|e| format!("{name}: load failed: {e}"))?;
+    let mut session = BackendSession::load(CpuBackend::new(WeightDtype::F32), dir, 1)
+        .map_err(|e| format!("{name}: load failed: {e}"))?;
     let got = prompt_logits(&mut session, 0, &exp.ids).map_err(|e| format!("{name}: {e}"))?;
     if got.len() != exp.logits.len() {
-        return Err(format!("{name}: {} positions, expected {}", got.len(), exp.logits.len()));
+        return Err(format!(
+            "{name}: {} positions, expected {}",
+            got.len(),
+            exp.logits.len()
+        ));
     }
     let (diff, pos, idx) = max_abs_diff(&exp.logits, &got);
     if !(diff <= exp.atol) {
@@ -74,18 +99,35 @@ fn check(dir: &Path) -> Result<String, String> {
             exp.atol, exp.logits[pos][idx], got[pos][idx]
         ));
     }
-    let opts = GenerateOptions { max_tokens: exp.greedy.len(), sampling: SamplingParams::greedy(), stop_strings: vec![], ignore_eos: true };
-    let out = generate(&mut session, 0, &exp.ids, None, &[], &opts, |_| {}).map_err(|e| format!("{name}: {e}"))?;
+    let opts = GenerateOptions {
+        max_tokens: exp.greedy.len(),
+        sampling: SamplingParams::greedy(),
+        stop_strings: vec![],
+        ignore_eos: true,
+    };
+    let out = generate(&mut session, 0, &exp.ids, None, &[], &opts, |_| {})
+        .map_err(|e| format!("{name}: {e}"))?;
     if out.tokens != exp.greedy {
-        return Err(format!("{name}: greedy tokens {:?}, expected {:?}", out.tokens, exp.greedy));
+        return Err(format!(
+            "{name}: greedy tokens {:?}, expected {:?}",
+            out.tokens, exp.greedy
+        ));
     }
-    Ok(format!("{name}: max |diff| {diff:.2e} over {} positions, greedy {} tokens identical ({})", got.len(), out.tokens.len(), session.describe()))
+    Ok(format!(
+        "{name}: max |diff| {diff:.2e} over {} positions, greedy {} tokens identical ({})",
+        got.len(),
+        out.tokens.len(),
+        session.describe()
+    ))
 }
 
 #[test]
 fn cpu_matches_transformers_on_every_fixture() {
     let dirs = fixtures();
-    assert!(!dirs.is_empty(), "no fixtures under tests/fixtures: run python3 tools/make_fixtures.py");
+    assert!(
+        !dirs.is_empty(),
+        "no fixtures under tests/fixtures: run python3 tools/make_fixtures.py"
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         match check(dir) {
@@ -96,11 +138,19 @@ fn cpu_matches_transformers_on_every_fixture() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), dirs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n")
+    );
 }
 
 fn load(name: &str, slots: usize) -> BackendSession<CpuBackend> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name);
     BackendSession::load(CpuBackend::new(WeightDtype::F32), &dir, slots).unwrap()
 }
 
@@ -128,9 +178,17 @@ fn a_step_mixing_sequences_at_different_positions_matches_running_each_alone() {
         let vocab = a_logits[0].len();
         let got = mixed.forward(&step, &[0, 5]).unwrap();
         let rest = mixed.forward(&Step::single(1, &b[5..], 5), &[3]).unwrap();
-        let rows = [(&got[..vocab], &a_logits[12]), (&got[vocab..], &b_logits[4]), (&rest[..], &b_logits[8])];
+        let rows = [
+            (&got[..vocab], &a_logits[12]),
+            (&got[vocab..], &b_logits[4]),
+            (&rest[..], &b_logits[8]),
+        ];
         for (r, (g, e)) in rows.iter().enumerate() {
-            let diff = g.iter().zip(e.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let diff = g
+                .iter()
+                .zip(e.iter())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
             assert!(diff < 1e-4, "{name}: row {r} differs by {diff}");
         }
     }

@@ -23,8 +23,11 @@ checkpoint (config.json + safetensors) plus expected.json:
 * Every candidate seed is checked: no near-tie between the k-th and (k+1)-th
   routing score of any MoE layer at any position that the greedy run feeds
   (gap > 1e-3), greedy top-1 / top-2 logit gaps > 1e-3, routing varies across
-  tokens, attention is peaked, a sliding window changes the logits.  If a check
-  fails, the seed is bumped by one (deterministic) and the fixture rebuilt.
+  tokens, attention is peaked, and every modelled reimplementation mistake
+  (ABLATIONS: ignoring the window, rope scaling, yarn truncate, norm_topk_prob,
+  clip_qkv, the SwiGLU clamp, sinks, gate/up layout, MXFP4 nibble order...)
+  moves some logit by >= 25*atol.  If a check fails, the seed is bumped by one
+  (deterministic) and the fixture rebuilt.
 * After writing, each fixture is reloaded with
   AutoModelForCausalLM.from_pretrained(dir, dtype=float32) and its logits and
   greedy tokens are compared with expected.json.
@@ -38,7 +41,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -462,6 +464,8 @@ def mxfp4_to_gpt_oss_param(blocks, scales):
 @torch.no_grad()
 def apply_mxfp4(model):
     """Replace every expert weight by its MXFP4-dequantised value (checked against HF)."""
+    if HF_FP4_VALUES is not None and not torch.equal(torch.tensor(HF_FP4_VALUES), FP4_LUT):
+        raise RuntimeError("FP4 E2M1 table differs from transformers' FP4_VALUES")
     packed = {}
     for name, param in model.named_parameters():
         if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):

@@ -10,11 +10,19 @@ use volt_runtime::{bail, Result};
 pub const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "cuda"];
 
 /// Loads `dir` onto the chosen backend with `slots` sequence slots.
-pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Result<Box<dyn Session>> {
+pub fn open(
+    dir: &Path,
+    backend: &str,
+    dtype: Option<&str>,
+    slots: usize,
+) -> Result<Box<dyn Session>> {
     let chosen = match backend {
         "auto" => auto(),
         "cpu" | "wgpu" | "cuda" => backend,
-        other => bail!("unknown backend `{other}` (expected one of: {})", BACKENDS.join(", ")),
+        other => bail!(
+            "unknown backend `{other}` (expected one of: {})",
+            BACKENDS.join(", ")
+        ),
     };
     match chosen {
         "cpu" => {

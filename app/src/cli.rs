@@ -13,8 +13,15 @@ pub struct Flags {
 
 impl Flags {
     /// `valued` flags take a value; `switches` take none.
-    pub fn parse(args: &[String], valued: &[&'static str], switches: &[&'static str]) -> Result<Flags> {
-        let mut flags = Flags { values: HashMap::new(), switches: Vec::new() };
+    pub fn parse(
+        args: &[String],
+        valued: &[&'static str],
+        switches: &[&'static str],
+    ) -> Result<Flags> {
+        let mut flags = Flags {
+            values: HashMap::new(),
+            switches: Vec::new(),
+        };
         let mut i = 0;
         while i < args.len() {
             let arg = &args[i];
@@ -47,7 +54,10 @@ impl Flags {
             } else {
                 let mut all: Vec<&str> = valued.iter().chain(switches).copied().collect();
                 all.sort();
-                bail!("unknown flag --{name} (this command takes: --{})", all.join(", --"));
+                bail!(
+                    "unknown flag --{name} (this command takes: --{})",
+                    all.join(", --")
+                );
             }
             i += 1;
         }
@@ -65,7 +75,10 @@ impl Flags {
     pub fn get<T: FromStr>(&self, name: &str) -> Result<Option<T>> {
         match self.str(name) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| Error::msg(format!("--{name}: `{v}` is not a valid value"))),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::msg(format!("--{name}: `{v}` is not a valid value"))),
         }
     }
 
@@ -80,6 +93,10 @@ pub fn parse_ids(list: &str) -> Result<Vec<u32>> {
         bail!("empty input: --ids lists no token ids");
     }
     list.split(',')
-        .map(|s| s.trim().parse::<u32>().map_err(|_| Error::msg(format!("--ids: `{}` is not a token id", s.trim()))))
+        .map(|s| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| Error::msg(format!("--ids: `{}` is not a token id", s.trim())))
+        })
         .collect()
 }

@@ -12,7 +12,9 @@ pub fn info(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["model", "context"], &["json"])?;
     let path = crate::model_path(flags.str("model"))?;
     let config = HfConfig::load(&path)?;
-    let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
+    let spec = models::family_of(&config)?
+        .spec(&config)
+        .context("config.json")?;
     spec.validate().context("config.json")?;
     let context = flags.get_or("context", spec.max_position_embeddings)?;
     if context == 0 {
@@ -36,7 +38,12 @@ fn report(spec: &ModelSpec, context: usize) -> Value {
             let a = &l.attn;
             let (ffn, experts, shared, top_k) = match &l.ffn {
                 FfnSpec::Dense { .. } => ("dense", 0, 0, 0),
-                FfnSpec::Moe(m) => ("moe", m.n_experts, m.shared.as_ref().map_or(0, |s| s.count), m.router.selection.max_experts()),
+                FfnSpec::Moe(m) => (
+                    "moe",
+                    m.n_experts,
+                    m.shared.as_ref().map_or(0, |s| s.count),
+                    m.router.selection.max_experts(),
+                ),
             };
             let mut layer = json!({
                 "attention": if a.window().is_some() { "sliding" } else { "full" },
@@ -75,8 +82,15 @@ fn report(spec: &ModelSpec, context: usize) -> Value {
 fn print_table(spec: &ModelSpec, r: &Value) {
     let m = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1e6;
     println!("family            {}", spec.family);
-    println!("parameters        {:.3} M total, {:.3} M active per token", m(&r["params_total"]), m(&r["params_active"]));
-    println!("vocab / hidden    {} / {}", spec.vocab_size, spec.hidden_size);
+    println!(
+        "parameters        {:.3} M total, {:.3} M active per token",
+        m(&r["params_total"]),
+        m(&r["params_active"])
+    );
+    println!(
+        "vocab / hidden    {} / {}",
+        spec.vocab_size, spec.hidden_size
+    );
     println!("layer  attention       kv_source  ffn");
     for (i, l) in r["layers"].as_array().into_iter().flatten().enumerate() {
         let attn = match l["window"].as_u64() {
@@ -84,7 +98,10 @@ fn print_table(spec: &ModelSpec, r: &Value) {
             None => "full".to_string(),
         };
         let ffn = match l["ffn"].as_str() {
-            Some("moe") => format!("moe {} experts, top {}, {} shared", l["experts"], l["top_k"], l["shared_experts"]),
+            Some("moe") => format!(
+                "moe {} experts, top {}, {} shared",
+                l["experts"], l["top_k"], l["shared_experts"]
+            ),
             _ => "dense".to_string(),
         };
         println!("{i:>5}  {attn:<14}  {:>9}  {ffn}", l["kv_source"]);

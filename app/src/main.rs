@@ -2,6 +2,7 @@
 
 mod backends;
 mod cli;
+mod eval;
 mod generate;
 mod info;
 
@@ -19,14 +20,24 @@ commands:
   generate   generate text or tokens from a prompt (streams to stdout)
   logits     print the logits of every position of --ids as JSON
   info       parameters, layer layout and KV-cache size of a model or config.json
+  perplexity perplexity of a text file (strided windows past the context)
+  route-stats per-layer expert load f_i, router probability P_i and the balance terms L_ST, L_EP, L_PEP
 
 run `volt <command> --help` for a command's flags";
 
 fn main() -> ExitCode {
     // A panic is a bug, but the user still gets one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned());
-        eprintln!("error: internal error: {} ({})", msg.unwrap_or_default(), info.location().map(|l| l.to_string()).unwrap_or_default());
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned());
+        eprintln!(
+            "error: internal error: {} ({})",
+            msg.unwrap_or_default(),
+            info.location().map(|l| l.to_string()).unwrap_or_default()
+        );
     }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
@@ -52,6 +63,8 @@ fn run(args: &[String]) -> Result<()> {
         "generate" => generate::generate(rest),
         "logits" => generate::logits(rest),
         "info" => info::info(rest),
+        "perplexity" => eval::perplexity(rest),
+        "route-stats" => eval::route_stats(rest),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -60,7 +73,9 @@ fn run(args: &[String]) -> Result<()> {
             println!("volt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        other => bail!("unknown command `{other}` (commands: generate, logits, info)"),
+        other => bail!(
+            "unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats)"
+        ),
     }
 }
 
@@ -71,7 +86,9 @@ fn help(command: &str) -> Result<&'static str> {
               [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--json]",
         "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8]",
         "info" => "volt info [--model DIR|config.json] [--context N] [--json]",
-        other => bail!("unknown command `{other}` (commands: generate, logits, info)"),
+        "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
+        "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
+        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats)"),
     })
 }
 
@@ -89,7 +106,10 @@ pub fn model_path(flag: Option<&str>) -> Result<PathBuf> {
     }
     let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/volt-tiny"));
     if !shipped.join("config.json").exists() {
-        bail!("no --model given and the default model is not at {}", shipped.display());
+        bail!(
+            "no --model given and the default model is not at {}",
+            shipped.display()
+        );
     }
     Ok(shipped)
 }

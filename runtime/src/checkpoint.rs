@@ -30,7 +30,11 @@ impl HostTensor {
         let n = self.shape.len();
         let (r, c) = (self.shape[n - 2], self.shape[n - 1]);
         let mut data = vec![0.0; self.data.len()];
-        for (src, dst) in self.data.chunks_exact(r * c).zip(data.chunks_exact_mut(r * c)) {
+        for (src, dst) in self
+            .data
+            .chunks_exact(r * c)
+            .zip(data.chunks_exact_mut(r * c))
+        {
             for i in 0..r {
                 for j in 0..c {
                     dst[j * r + i] = src[i * c + j];
@@ -61,7 +65,10 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
-            shard_files_from_index(&index)?.into_iter().map(|f| dir.join(f)).collect()
+            shard_files_from_index(&index)?
+                .into_iter()
+                .map(|f| dir.join(f))
+                .collect()
         } else {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading {}", dir.display()))?
@@ -79,8 +86,14 @@ impl Checkpoint {
         for path in files {
             let (shard, metadata) = open_shard(&path)?;
             for (name, info) in metadata.tensors() {
-                if tensors.insert(name.clone(), (shards.len(), info.clone())).is_some() {
-                    bail!("tensor `{name}` appears in more than one safetensors file ({})", path.display());
+                if tensors
+                    .insert(name.clone(), (shards.len(), info.clone()))
+                    .is_some()
+                {
+                    bail!(
+                        "tensor `{name}` appears in more than one safetensors file ({})",
+                        path.display()
+                    );
                 }
             }
             shards.push(shard);
@@ -93,12 +106,17 @@ impl Checkpoint {
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors.get(name).map(|(_, info)| info.shape.as_slice())
+        self.tensors
+            .get(name)
+            .map(|(_, info)| info.shape.as_slice())
     }
 
     /// Total bytes of the tensor data on disk.
     pub fn data_bytes(&self) -> u64 {
-        self.tensors.values().map(|(_, i)| (i.data_offsets.1 - i.data_offsets.0) as u64).sum()
+        self.tensors
+            .values()
+            .map(|(_, i)| (i.data_offsets.1 - i.data_offsets.0) as u64)
+            .sum()
     }
 
     fn info(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
@@ -112,19 +130,35 @@ impl Checkpoint {
     pub fn bytes(&self, name: &str, shape: &[usize]) -> Result<(Dtype, &[u8])> {
         let (shard, info) = self.info(name)?;
         if info.shape != shape {
-            bail!("tensor `{name}` has shape {:?}, expected {:?}", info.shape, shape);
+            bail!(
+                "tensor `{name}` has shape {:?}, expected {:?}",
+                info.shape,
+                shape
+            );
         }
         let (start, end) = info.data_offsets;
-        Ok((info.dtype, &shard.mmap[shard.data_start + start..shard.data_start + end]))
+        Ok((
+            info.dtype,
+            &shard.mmap[shard.data_start + start..shard.data_start + end],
+        ))
     }
 
     /// A floating-point tensor as f32, after checking its shape.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let (dtype, bytes) = self.bytes(name, shape)?;
         let data = match dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
         };
         Ok(HostTensor::new(shape.to_vec(), data))
@@ -142,7 +176,14 @@ impl Checkpoint {
     /// MXFP4 expert weights (GPT-OSS): `blocks` u8 (E, R, C/32, 16) holds two FP4 E2M1 values per byte, the
     /// low nibble first; `scales` u8 (E, R, C/32) holds one E8M0 exponent (bias 127) per 32 values.
     /// Returns (E, R, C) in f32.
-    pub fn mxfp4_f32(&self, blocks: &str, scales: &str, experts: usize, rows: usize, cols: usize) -> Result<HostTensor> {
+    pub fn mxfp4_f32(
+        &self,
+        blocks: &str,
+        scales: &str,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostTensor> {
         if cols % 32 != 0 {
             bail!("tensor `{blocks}`: {cols} columns is not a multiple of the MXFP4 block of 32");
         }
@@ -152,22 +193,32 @@ impl Checkpoint {
         if bd != Dtype::U8 || sd != Dtype::U8 {
             bail!("MXFP4 tensors `{blocks}` and `{scales}` must be U8, found {bd:?} and {sd:?}");
         }
-        Ok(HostTensor::new(vec![experts, rows, cols], crate::mxfp4::decode(block_bytes, scale_bytes)))
+        Ok(HostTensor::new(
+            vec![experts, rows, cols],
+            crate::mxfp4::decode(block_bytes, scale_bytes),
+        ))
     }
 }
 
 fn shard_files_from_index(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is malformed", index.display()))?;
+    let text =
+        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is malformed", index.display()))?;
     let Some(map) = value.get("weight_map").and_then(|m| m.as_object()) else {
         bail!("{} has no `weight_map` object", index.display());
     };
     // Sorted and deduplicated so shard order is stable.
     let mut files = BTreeMap::new();
     for (tensor, file) in map {
-        let Some(file) = file.as_str() else { bail!("{}: `{tensor}` maps to a non-string", index.display()) };
+        let Some(file) = file.as_str() else {
+            bail!("{}: `{tensor}` maps to a non-string", index.display())
+        };
         if file.contains('/') || file.contains('\\') {
-            bail!("{}: shard name `{file}` must be a plain file name", index.display());
+            bail!(
+                "{}: shard name `{file}` must be a plain file name",
+                index.display()
+            );
         }
         files.insert(file.to_string(), ());
     }
@@ -177,15 +228,34 @@ fn shard_files_from_index(index: &Path) -> Result<Vec<String>> {
 fn open_shard(path: &Path) -> Result<(Shard, Metadata)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the file is only read; a checkpoint modified while mapped is outside what we can defend against.
-    let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-        .map_err(|e| Error::msg(format!("{} is not a valid safetensors file (truncated or corrupt): {e}", path.display())))?;
-    Ok((Shard { path: path.to_path_buf(), mmap, data_start: 8 + header_len }, metadata))
+    let mmap =
+        unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+        Error::msg(format!(
+            "{} is not a valid safetensors file (truncated or corrupt): {e}",
+            path.display()
+        ))
+    })?;
+    Ok((
+        Shard {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+        },
+        metadata,
+    ))
 }
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self.shards.iter().map(|s| s.path.display().to_string()).collect();
-        f.debug_struct("Checkpoint").field("files", &files).field("tensors", &self.tensors.len()).finish()
+        let files: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
+        f.debug_struct("Checkpoint")
+            .field("files", &files)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }

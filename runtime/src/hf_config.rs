@@ -18,8 +18,13 @@ pub struct HfConfig {
 impl HfConfig {
     /// Reads `config.json` from a model folder, or a config file named directly.
     pub fn load(path: &Path) -> Result<HfConfig> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
         Self::parse(&text).context(file.display())
     }
 
@@ -45,11 +50,17 @@ impl HfConfig {
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| Error::msg(format!("`{key}` is missing")))
+        self.opt_usize(key)?
+            .ok_or_else(|| Error::msg(format!("`{key}` is missing")))
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key).map(|v| as_usize(v).ok_or_else(|| Error::msg(format!("`{key}` must be a non-negative integer")))).transpose()
+        self.get(key)
+            .map(|v| {
+                as_usize(v)
+                    .ok_or_else(|| Error::msg(format!("`{key}` must be a non-negative integer")))
+            })
+            .transpose()
     }
 
     /// The first of several spellings of one key that is present (transformers renames keys between
@@ -68,7 +79,12 @@ impl HfConfig {
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key).map(|v| v.as_f64().ok_or_else(|| Error::msg(format!("`{key}` must be a number")))).transpose()
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| Error::msg(format!("`{key}` must be a number")))
+            })
+            .transpose()
     }
 
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
@@ -78,12 +94,19 @@ impl HfConfig {
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| Error::msg(format!("`{key}` must be true or false"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| Error::msg(format!("`{key}` must be true or false"))),
         }
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        self.get(key).map(|v| v.as_str().ok_or_else(|| Error::msg(format!("`{key}` must be a string")))).transpose()
+        self.get(key)
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| Error::msg(format!("`{key}` must be a string")))
+            })
+            .transpose()
     }
 
     /// A list of integers (`mlp_only_layers`), empty when absent.
@@ -92,7 +115,11 @@ impl HfConfig {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| as_usize(v).ok_or_else(|| Error::msg(format!("`{key}` must be a list of non-negative integers"))))
+                .map(|v| {
+                    as_usize(v).ok_or_else(|| {
+                        Error::msg(format!("`{key}` must be a list of non-negative integers"))
+                    })
+                })
                 .collect(),
             Some(_) => bail!("`{key}` must be a list"),
         }
@@ -100,10 +127,17 @@ impl HfConfig {
 
     /// `layer_types` ("sliding_attention" / "full_attention"), checked against the layer count.
     pub fn layer_types(&self, n_layers: usize) -> Result<Option<Vec<bool>>> {
-        let Some(v) = self.get("layer_types") else { return Ok(None) };
-        let Value::Array(items) = v else { bail!("`layer_types` must be a list") };
+        let Some(v) = self.get("layer_types") else {
+            return Ok(None);
+        };
+        let Value::Array(items) = v else {
+            bail!("`layer_types` must be a list")
+        };
         if items.len() != n_layers {
-            bail!("`layer_types` has {} entries for {n_layers} layers", items.len());
+            bail!(
+                "`layer_types` has {} entries for {n_layers} layers",
+                items.len()
+            );
         }
         items
             .iter()
@@ -122,9 +156,15 @@ impl HfConfig {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| as_usize(v).map(|x| x as u32).ok_or_else(|| Error::msg(format!("`{key}` must hold token ids"))))
+                .map(|v| {
+                    as_usize(v)
+                        .map(|x| x as u32)
+                        .ok_or_else(|| Error::msg(format!("`{key}` must hold token ids")))
+                })
                 .collect(),
-            Some(v) => as_usize(v).map(|x| vec![x as u32]).ok_or_else(|| Error::msg(format!("`{key}` must be a token id"))),
+            Some(v) => as_usize(v)
+                .map(|x| vec![x as u32])
+                .ok_or_else(|| Error::msg(format!("`{key}` must be a token id"))),
         }
     }
 
@@ -146,7 +186,9 @@ impl HfConfig {
             (None, None) => None,
         };
         let theta = match params.and_then(|p| p.get("rope_theta")) {
-            Some(v) => v.as_f64().ok_or_else(|| Error::msg("`rope_theta` must be a number"))?,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::msg("`rope_theta` must be a number"))?,
             None => self.f64_or("rope_theta", default_theta)?,
         };
         let scaling = match scaling {
@@ -157,14 +199,23 @@ impl HfConfig {
     }
 
     fn rope_scaling(&self, s: &Map<String, Value>) -> Result<RopeScaling> {
-        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let num = |key: &str| -> Result<Option<f64>> {
             match s.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::msg(format!("`{key}` must be a number"))),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| Error::msg(format!("`{key}` must be a number"))),
             }
         };
-        let need = |key: &str| -> Result<f64> { num(key)?.ok_or_else(|| Error::msg(format!("{kind} scaling needs `{key}`"))) };
+        let need = |key: &str| -> Result<f64> {
+            num(key)?.ok_or_else(|| Error::msg(format!("{kind} scaling needs `{key}`")))
+        };
         let original_max = || -> Result<f64> {
             match num("original_max_position_embeddings")? {
                 Some(v) => Ok(v),
@@ -173,7 +224,9 @@ impl HfConfig {
         };
         Ok(match kind {
             "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear { factor: need("factor")? },
+            "linear" => RopeScaling::Linear {
+                factor: need("factor")?,
+            },
             "llama3" => RopeScaling::Llama3 {
                 factor: need("factor")?,
                 low_freq_factor: need("low_freq_factor")?,
@@ -190,17 +243,25 @@ impl HfConfig {
                 attention_factor: num("attention_factor")?,
                 truncate: match s.get("truncate") {
                     None | Some(Value::Null) => true,
-                    Some(v) => v.as_bool().ok_or_else(|| Error::msg("`truncate` must be true or false"))?,
+                    Some(v) => v
+                        .as_bool()
+                        .ok_or_else(|| Error::msg("`truncate` must be true or false"))?,
                 },
             },
-            other => bail!("unsupported rope type `{other}` (supported: default, linear, llama3, yarn)"),
+            other => {
+                bail!("unsupported rope type `{other}` (supported: default, linear, llama3, yarn)")
+            }
         })
     }
 }
 
 fn as_usize(v: &Value) -> Option<usize> {
     match v {
-        Value::Number(n) => n.as_u64().map(|x| x as usize).or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as usize)),
+        Value::Number(n) => n.as_u64().map(|x| x as usize).or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as usize)
+        }),
         _ => None,
     }
 }

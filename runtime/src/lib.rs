@@ -3,16 +3,18 @@
 
 pub mod error;
 pub use error::{Error, Result, ResultExt};
-pub mod chat_template;
-pub mod sampler;
-pub mod tokenizer;
 pub mod backend;
+pub mod chat_template;
 pub mod checkpoint;
+pub mod eval;
+pub mod generate;
 pub mod hf_config;
 pub mod model;
 pub mod models;
 pub mod mxfp4;
 pub mod rope;
-pub mod spec;
-pub mod generate;
+pub mod routing_stats;
+pub mod sampler;
 pub mod session;
+pub mod spec;
+pub mod tokenizer;

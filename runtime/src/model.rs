@@ -95,11 +95,22 @@ impl<B: Backend> Model<B> {
             let attn = &spec.layers[l].attn;
             ropes.push(backend.upload_rope(RopeTable::new(&attn.rope, attn.head_dim))?);
         }
-        Ok(Model { spec, globals, layers, ropes })
+        Ok(Model {
+            spec,
+            globals,
+            layers,
+            ropes,
+        })
     }
 
     /// Runs one step and returns logits ([rows.len(), vocab]) for the listed rows of the step.
-    pub fn forward(&self, be: &mut B, cache: &mut B::Cache, step: &Step, logit_rows: &[usize]) -> Result<B::Tensor> {
+    pub fn forward(
+        &self,
+        be: &mut B,
+        cache: &mut B::Cache,
+        step: &Step,
+        logit_rows: &[usize],
+    ) -> Result<B::Tensor> {
         self.check_step(cache, step)?;
         be.begin_step(step)?;
         let eps = self.spec.rms_norm_eps;
@@ -115,11 +126,19 @@ impl<B: Backend> Model<B> {
                 (be.linear(&n, k, kb), be.linear(&n, v, vb)) // [T, n_kv_heads*head_dim] each
             });
             if let Some(qn) = &w.q_norm {
-                let group = if a.qk_norm == QkNorm::PerHead { a.head_dim } else { a.q_dim() };
+                let group = if a.qk_norm == QkNorm::PerHead {
+                    a.head_dim
+                } else {
+                    a.q_dim()
+                };
                 q = be.rms_norm(&q, qn, eps, group);
             }
             if let (Some(kn), Some((k, _))) = (&w.k_norm, kv.as_mut()) {
-                let group = if a.qk_norm == QkNorm::PerHead { a.head_dim } else { a.kv_dim() };
+                let group = if a.qk_norm == QkNorm::PerHead {
+                    a.head_dim
+                } else {
+                    a.kv_dim()
+                };
                 *k = be.rms_norm(k, kn, eps, group);
             }
             if let Some(c) = a.clip_qkv {
@@ -133,7 +152,13 @@ impl<B: Backend> Model<B> {
             if let Some((k, _)) = kv.as_mut() {
                 be.apply_rope(k, &self.ropes[l], a.head_dim);
             }
-            let attn = be.attention(cache, a, &q, kv.as_ref().map(|(k, v)| (k, v)), w.sinks.as_ref());
+            let attn = be.attention(
+                cache,
+                a,
+                &q,
+                kv.as_ref().map(|(k, v)| (k, v)),
+                w.sinks.as_ref(),
+            );
             let attn = be.linear(&attn, &w.o, w.o_bias.as_ref()); // [T, hidden]
             be.add_assign(&mut x, &attn);
 
@@ -152,7 +177,9 @@ impl<B: Backend> Model<B> {
                     }
                     out
                 }
-                (Ffn::Moe(_), FfnSpec::Dense { .. }) => bail!("layer {l}: MoE weights for a dense layer spec"),
+                (Ffn::Moe(_), FfnSpec::Dense { .. }) => {
+                    bail!("layer {l}: MoE weights for a dense layer spec")
+                }
             };
             be.add_assign(&mut x, &ffn);
         }
@@ -170,16 +197,27 @@ impl<B: Backend> Model<B> {
             bail!("empty input: no tokens to run");
         }
         if step.positions.len() != step.len() || step.seqs.len() != step.len() {
-            bail!("step has {} tokens but {} positions and {} sequence slots", step.len(), step.positions.len(), step.seqs.len());
+            bail!(
+                "step has {} tokens but {} positions and {} sequence slots",
+                step.len(),
+                step.positions.len(),
+                step.seqs.len()
+            );
         }
         let mut next = std::collections::HashMap::new();
         for r in 0..step.len() {
             let (tok, pos, seq) = (step.tokens[r], step.positions[r], step.seqs[r]);
             if tok as usize >= self.spec.vocab_size {
-                bail!("token id {tok} is outside the vocabulary (size {})", self.spec.vocab_size);
+                bail!(
+                    "token id {tok} is outside the vocabulary (size {})",
+                    self.spec.vocab_size
+                );
             }
             if seq >= cache.slots() {
-                bail!("sequence slot {seq} is out of range ({} slots)", cache.slots());
+                bail!(
+                    "sequence slot {seq} is out of range ({} slots)",
+                    cache.slots()
+                );
             }
             let expected = next.entry(seq).or_insert_with(|| cache.seq_len(seq));
             if pos != *expected {
@@ -207,17 +245,27 @@ fn upload_globals<B: Backend>(be: &mut B, g: Globals<Host>) -> Result<Globals<B>
 }
 
 fn upload_mlp<B: Backend>(be: &mut B, m: Mlp<Host>) -> Result<Mlp<B>> {
-    Ok(Mlp { gate: be.upload_matrix(m.gate)?, up: be.upload_matrix(m.up)?, down: be.upload_matrix(m.down)? })
+    Ok(Mlp {
+        gate: be.upload_matrix(m.gate)?,
+        up: be.upload_matrix(m.up)?,
+        down: be.upload_matrix(m.down)?,
+    })
 }
 
 fn upload_layer<B: Backend>(be: &mut B, l: Layer<Host>) -> Result<Layer<B>> {
     let a = l.attn;
-    let pair = |be: &mut B, p: Option<(HostTensor, HostTensor)>| -> Result<Option<(B::Vector, B::Vector)>> {
-        p.map(|(x, y)| Ok((be.upload_vector(x)?, be.upload_vector(y)?))).transpose()
+    let pair = |be: &mut B,
+                p: Option<(HostTensor, HostTensor)>|
+     -> Result<Option<(B::Vector, B::Vector)>> {
+        p.map(|(x, y)| Ok((be.upload_vector(x)?, be.upload_vector(y)?)))
+            .transpose()
     };
     let attn = Attention {
         q: be.upload_matrix(a.q)?,
-        kv: a.kv.map(|(k, v)| Ok::<_, crate::Error>((be.upload_matrix(k)?, be.upload_matrix(v)?))).transpose()?,
+        kv: a
+            .kv
+            .map(|(k, v)| Ok::<_, crate::Error>((be.upload_matrix(k)?, be.upload_matrix(v)?)))
+            .transpose()?,
         o: be.upload_matrix(a.o)?,
         q_bias: a.q_bias.map(|v| be.upload_vector(v)).transpose()?,
         kv_bias: pair(be, a.kv_bias)?,

@@ -2,7 +2,9 @@
 //! one E8M0 scale. Decoded to f32 at load.
 
 /// The 16 FP4 E2M1 values: sign bit, 2 exponent bits, 1 mantissa bit.
-const E2M1: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+const E2M1: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
 
 /// `blocks`: 16 bytes per block of 32 values, element 2k in the low nibble of byte k and 2k+1 in the high.
 /// `scales`: one byte per block, the power of two 2^(s - 127).

@@ -19,12 +19,19 @@ impl RopeTable {
     pub fn new(spec: &RopeSpec, head_dim: usize) -> RopeTable {
         let half = head_dim / 2;
         // transformers computes base ** (2i / dim) in f32; f64 here then rounding gives the same values.
-        let base: Vec<f64> = (0..half).map(|i| spec.theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+        let base: Vec<f64> = (0..half)
+            .map(|i| spec.theta.powf((2 * i) as f64 / head_dim as f64))
+            .collect();
         let plain: Vec<f64> = base.iter().map(|b| 1.0 / b).collect();
         let (inv_freq, attention_scale) = match spec.scaling {
             RopeScaling::None => (plain, 1.0),
             RopeScaling::Linear { factor } => (plain.iter().map(|f| f / factor).collect(), 1.0),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old_ctx } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old_ctx,
+            } => {
                 let low_freq_wavelen = old_ctx / low_freq_factor;
                 let high_freq_wavelen = old_ctx / high_freq_factor;
                 let scaled = plain
@@ -36,7 +43,8 @@ impl RopeTable {
                         } else if wavelen > low_freq_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old_ctx / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -53,14 +61,23 @@ impl RopeTable {
                 attention_factor,
                 truncate,
             } => {
-                let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                let get_mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
                 let attention = attention_factor.unwrap_or(match (mscale, mscale_all_dim) {
-                    (Some(m), Some(all)) if m != 0.0 && all != 0.0 => get_mscale(factor, m) / get_mscale(factor, all),
+                    (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                        get_mscale(factor, m) / get_mscale(factor, all)
+                    }
                     _ => get_mscale(factor, 1.0),
                 });
                 let dim = head_dim as f64;
                 let correction_dim = |rotations: f64| {
-                    dim * (original_max_position_embeddings / (rotations * 2.0 * PI)).ln() / (2.0 * spec.theta.ln())
+                    dim * (original_max_position_embeddings / (rotations * 2.0 * PI)).ln()
+                        / (2.0 * spec.theta.ln())
                 };
                 let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
                 if truncate {
@@ -76,13 +93,17 @@ impl RopeTable {
                         let extrapolation_weight = 1.0 - ramp;
                         let extrapolated = 1.0 / base[i];
                         let interpolated = 1.0 / (factor * base[i]);
-                        interpolated * (1.0 - extrapolation_weight) + extrapolated * extrapolation_weight
+                        interpolated * (1.0 - extrapolation_weight)
+                            + extrapolated * extrapolation_weight
                     })
                     .collect();
                 (freqs, attention)
             }
         };
-        RopeTable { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(), attention_scale: attention_scale as f32 }
+        RopeTable {
+            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+            attention_scale: attention_scale as f32,
+        }
     }
 
     /// Rotates one head vector in place for `position` (the CPU reference; GPU kernels do the same math).
@@ -106,7 +127,13 @@ mod tests {
 
     #[test]
     fn plain_rope_rotates_pairs_half_apart() {
-        let table = RopeTable::new(&RopeSpec { theta: 10000.0, scaling: RopeScaling::None }, 4);
+        let table = RopeTable::new(
+            &RopeSpec {
+                theta: 10000.0,
+                scaling: RopeScaling::None,
+            },
+            4,
+        );
         assert_eq!(table.inv_freq, vec![1.0, 0.01]);
         let mut v = [1.0, 0.0, 0.0, 0.0];
         table.rotate(&mut v, 1);
@@ -129,7 +156,13 @@ mod tests {
             },
         };
         let t = RopeTable::new(&spec, 64);
-        let plain = RopeTable::new(&RopeSpec { theta: 10000.0, scaling: RopeScaling::None }, 64);
+        let plain = RopeTable::new(
+            &RopeSpec {
+                theta: 10000.0,
+                scaling: RopeScaling::None,
+            },
+            64,
+        );
         assert_eq!(t.inv_freq[0], plain.inv_freq[0]);
         assert!((t.inv_freq[31] - plain.inv_freq[31] / 8.0).abs() < 1e-12);
         assert!((t.attention_scale - (0.1 * 8f32.ln() + 1.0)).abs() < 1e-6);

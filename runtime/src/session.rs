@@ -32,7 +32,11 @@ impl<B: Backend> BackendSession<B> {
     pub fn load(mut backend: B, dir: &Path, slots: usize) -> Result<Self> {
         let model = Model::load(&mut backend, dir)?;
         let cache = backend.new_cache(&model.spec, slots)?;
-        Ok(BackendSession { backend, model, cache })
+        Ok(BackendSession {
+            backend,
+            model,
+            cache,
+        })
     }
 
     pub fn cache(&self) -> &B::Cache {
@@ -50,7 +54,9 @@ impl<B: Backend> Session for BackendSession<B> {
     }
 
     fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>> {
-        let logits = self.model.forward(&mut self.backend, &mut self.cache, step, logit_rows)?;
+        let logits = self
+            .model
+            .forward(&mut self.backend, &mut self.cache, step, logit_rows)?;
         self.backend.read(&logits)
     }
 

@@ -2,8 +2,8 @@
 //! arithmetic. Family loaders (`models/`) translate a Hugging Face config.json into this; the forward pass
 //! (`model.rs`) reads only this.
 
-use crate::error::Result;
 use crate::bail;
+use crate::error::Result;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
@@ -29,7 +29,9 @@ pub struct LayerSpec {
 pub enum AttnKind {
     Full,
     /// A query at position i sees keys j with 0 <= i - j < window (the transformers rule).
-    Sliding { window: usize },
+    Sliding {
+        window: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,8 +89,15 @@ pub struct RopeSpec {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
     Yarn {
         factor: f64,
         original_max_position_embeddings: f64,
@@ -106,7 +115,9 @@ pub enum RopeScaling {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FfnSpec {
     /// SwiGLU: down(silu(gate(x)) * up(x)).
-    Dense { intermediate: usize },
+    Dense {
+        intermediate: usize,
+    },
     Moe(MoeSpec),
 }
 
@@ -166,10 +177,16 @@ pub enum RouterOrder {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Selection {
-    TopK { k: usize },
+    TopK {
+        k: usize,
+    },
     /// Dynamic "ToP" routing: experts taken by falling probability until their sum reaches `p`, never fewer
     /// than `min_experts` nor more than `max_experts`.
-    TopP { p: f32, min_experts: usize, max_experts: usize },
+    TopP {
+        p: f32,
+        min_experts: usize,
+        max_experts: usize,
+    },
 }
 
 impl Selection {
@@ -193,7 +210,12 @@ impl ModelSpec {
     /// Structural checks every loader relies on; a checkpoint that fails one is rejected with the reason.
     pub fn validate(&self) -> Result<()> {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.layers.is_empty() {
-            bail!("model has an empty dimension (vocab {}, hidden {}, layers {})", self.vocab_size, self.hidden_size, self.layers.len());
+            bail!(
+                "model has an empty dimension (vocab {}, hidden {}, layers {})",
+                self.vocab_size,
+                self.hidden_size,
+                self.layers.len()
+            );
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.attn;
@@ -201,7 +223,11 @@ impl ModelSpec {
                 bail!("layer {i}: attention has zero heads or head_dim");
             }
             if a.n_heads % a.n_kv_heads != 0 {
-                bail!("layer {i}: {} attention heads is not a multiple of {} KV heads", a.n_heads, a.n_kv_heads);
+                bail!(
+                    "layer {i}: {} attention heads is not a multiple of {} KV heads",
+                    a.n_heads,
+                    a.n_kv_heads
+                );
             }
             if a.head_dim % 2 != 0 {
                 bail!("layer {i}: head_dim {} must be even for RoPE", a.head_dim);
@@ -215,10 +241,16 @@ impl ModelSpec {
             if a.kv_source != i {
                 let src = &self.layers[a.kv_source].attn;
                 if src.kv_source != a.kv_source {
-                    bail!("layer {i}: KV source {} itself reuses another layer's KV", a.kv_source);
+                    bail!(
+                        "layer {i}: KV source {} itself reuses another layer's KV",
+                        a.kv_source
+                    );
                 }
                 if src.n_kv_heads != a.n_kv_heads || src.head_dim != a.head_dim {
-                    bail!("layer {i}: KV shape differs from its source layer {}", a.kv_source);
+                    bail!(
+                        "layer {i}: KV shape differs from its source layer {}",
+                        a.kv_source
+                    );
                 }
                 // The source keeps only what its own window needs; the reader cannot see further back.
                 let fits = match (src.window(), a.window()) {
@@ -227,7 +259,10 @@ impl ModelSpec {
                     (Some(s), Some(r)) => r <= s,
                 };
                 if !fits {
-                    bail!("layer {i}: sees further back than its KV source layer {} keeps", a.kv_source);
+                    bail!(
+                        "layer {i}: sees further back than its KV source layer {} keeps",
+                        a.kv_source
+                    );
                 }
             }
             if let FfnSpec::Moe(m) = &layer.ffn {
@@ -235,9 +270,16 @@ impl ModelSpec {
                 if m.n_experts == 0 || max == 0 || max > m.n_experts {
                     bail!("layer {i}: selects {max} of {} experts", m.n_experts);
                 }
-                if let Selection::TopP { p, min_experts, max_experts } = m.router.selection {
+                if let Selection::TopP {
+                    p,
+                    min_experts,
+                    max_experts,
+                } = m.router.selection
+                {
                     if !(p > 0.0 && p <= 1.0) || min_experts == 0 || min_experts > max_experts {
-                        bail!("layer {i}: top-p routing needs 0 < p <= 1 and 1 <= min <= max experts");
+                        bail!(
+                            "layer {i}: top-p routing needs 0 < p <= 1 and 1 <= min <= max experts"
+                        );
                     }
                 }
             }
@@ -285,10 +327,14 @@ impl ModelSpec {
                 FfnSpec::Moe(m) => {
                     let i = m.expert_intermediate as u64;
                     let per_expert = 3 * h * i + if m.expert_bias { 2 * i + h } else { 0 };
-                    let router = m.n_experts as u64 * h + if m.router.bias { m.n_experts as u64 } else { 0 };
-                    let shared = m.shared.as_ref().map_or(0, |s| 3 * h * s.intermediate as u64 + if s.gated { h } else { 0 });
+                    let router =
+                        m.n_experts as u64 * h + if m.router.bias { m.n_experts as u64 } else { 0 };
+                    let shared = m.shared.as_ref().map_or(0, |s| {
+                        3 * h * s.intermediate as u64 + if s.gated { h } else { 0 }
+                    });
                     total += router + shared + m.n_experts as u64 * per_expert;
-                    active += router + shared + m.router.selection.max_experts() as u64 * per_expert;
+                    active +=
+                        router + shared + m.router.selection.max_experts() as u64 * per_expert;
                 }
             }
         }
@@ -311,6 +357,9 @@ impl ModelSpec {
 
     /// The same model with every layer full attention owning its KV.
     pub fn kv_bytes_baseline(&self, context: usize) -> u64 {
-        self.layers.iter().map(|l| (2 * l.attn.kv_dim() * context * KV_BYTES_PER_ELEMENT) as u64).sum()
+        self.layers
+            .iter()
+            .map(|l| (2 * l.attn.kv_dim() * context * KV_BYTES_PER_ELEMENT) as u64)
+            .sum()
     }
 }

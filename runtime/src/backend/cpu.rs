@@ -7,7 +7,9 @@ use super::{Backend, KvCache, LayerRouting, MoeExperts, Step, WeightDtype, Weigh
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
-use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
+use crate::spec::{
+    AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection,
+};
 
 /// Activations: `rows` tokens of `cols` values each.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,7 +21,11 @@ pub struct CpuTensor {
 
 impl CpuTensor {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        CpuTensor { rows, cols, data: vec![0.0; rows * cols] }
+        CpuTensor {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
@@ -35,14 +41,24 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(dtype: WeightDtype) -> Self {
-        CpuBackend { dtype, step: Step::default(), routing: None }
+        CpuBackend {
+            dtype,
+            step: Step::default(),
+            routing: None,
+        }
     }
 
     fn round(&self, mut w: HostTensor) -> HostTensor {
         match self.dtype {
             WeightDtype::F32 => {}
-            WeightDtype::F16 => w.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
-            WeightDtype::Bf16 => w.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
+            WeightDtype::F16 => w
+                .data
+                .iter_mut()
+                .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
+            WeightDtype::Bf16 => w
+                .data
+                .iter_mut()
+                .for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
         }
         w
     }
@@ -92,7 +108,10 @@ impl CpuCache {
         self.layers
             .iter()
             .zip(&self.kv_dims)
-            .filter_map(|(l, d)| l.as_ref().map(|seqs| seqs.iter().map(|s| s.k.len() / d).sum::<usize>()))
+            .filter_map(|(l, d)| {
+                l.as_ref()
+                    .map(|seqs| seqs.iter().map(|s| s.k.len() / d).sum::<usize>())
+            })
             .sum()
     }
 }
@@ -196,7 +215,11 @@ pub fn route(logits: &[f32], spec: &MoeSpec) -> (Vec<f32>, Vec<(usize, f32)>) {
             order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
             let count = match r.selection {
                 Selection::TopK { k } => k,
-                Selection::TopP { p, min_experts, max_experts } => {
+                Selection::TopP {
+                    p,
+                    min_experts,
+                    max_experts,
+                } => {
                     let mut sum = 0.0;
                     let mut n = 0;
                     while n < order.len() && sum < p {
@@ -248,7 +271,12 @@ impl Backend for CpuBackend {
     type Cache = CpuCache;
 
     fn describe(&self) -> String {
-        format!("cpu ({:?} weights, f32 compute, {} threads)", self.dtype, rayon::current_num_threads()).to_lowercase()
+        format!(
+            "cpu ({:?} weights, f32 compute, {} threads)",
+            self.dtype,
+            rayon::current_num_threads()
+        )
+        .to_lowercase()
     }
 
     fn upload_matrix(&mut self, w: HostTensor) -> Result<HostTensor> {
@@ -267,7 +295,9 @@ impl Backend for CpuBackend {
     fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<CpuCache> {
         let owns = |i: usize| spec.layers[i].attn.kv_source == i;
         Ok(CpuCache {
-            layers: (0..spec.n_layers()).map(|i| owns(i).then(|| vec![SeqKv::default(); slots])).collect(),
+            layers: (0..spec.n_layers())
+                .map(|i| owns(i).then(|| vec![SeqKv::default(); slots]))
+                .collect(),
             windows: spec.layers.iter().map(|l| l.attn.window()).collect(),
             kv_dims: spec.layers.iter().map(|l| l.attn.kv_dim()).collect(),
             lens: vec![0; slots],
@@ -283,12 +313,19 @@ impl Backend for CpuBackend {
         let h = table.shape[1];
         let mut out = CpuTensor::zeros(self.step.len(), h);
         for (r, &tok) in self.step.tokens.iter().enumerate() {
-            out.data[r * h..(r + 1) * h].copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
+            out.data[r * h..(r + 1) * h]
+                .copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
         }
         out
     }
 
-    fn rms_norm(&mut self, x: &CpuTensor, weight: &HostTensor, eps: f32, group: usize) -> CpuTensor {
+    fn rms_norm(
+        &mut self,
+        x: &CpuTensor,
+        weight: &HostTensor,
+        eps: f32,
+        group: usize,
+    ) -> CpuTensor {
         let mut out = x.clone();
         // The weight covers one group (per-head norms) or the whole row.
         let wlen = weight.data.len();
@@ -309,9 +346,14 @@ impl Backend for CpuBackend {
         let (out, n) = (w.shape[0], w.shape[1]);
         let mut data = matmul(&x.data, x.rows, &w.data, out, n);
         if let Some(b) = bias {
-            data.chunks_mut(out).for_each(|row| row.iter_mut().zip(&b.data).for_each(|(v, b)| *v += b));
+            data.chunks_mut(out)
+                .for_each(|row| row.iter_mut().zip(&b.data).for_each(|(v, b)| *v += b));
         }
-        CpuTensor { rows: x.rows, cols: out, data }
+        CpuTensor {
+            rows: x.rows,
+            cols: out,
+            data,
+        }
     }
 
     fn clamp(&mut self, x: &mut CpuTensor, limit: f32) {
@@ -321,9 +363,13 @@ impl Backend for CpuBackend {
     fn apply_rope(&mut self, x: &mut CpuTensor, rope: &RopeTable, head_dim: usize) {
         let cols = x.cols;
         let positions = &self.step.positions;
-        x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(|(row, &pos)| {
-            row.chunks_mut(head_dim).for_each(|head| rope.rotate(head, pos));
-        });
+        x.data
+            .par_chunks_mut(cols)
+            .zip(positions.par_iter())
+            .for_each(|(row, &pos)| {
+                row.chunks_mut(head_dim)
+                    .for_each(|head| rope.rotate(head, pos));
+            });
     }
 
     fn attention(
@@ -336,7 +382,9 @@ impl Backend for CpuBackend {
     ) -> CpuTensor {
         let src = spec.kv_source;
         let kv_dim = spec.kv_dim();
-        let seqs = cache.layers[src].as_mut().expect("validated: the KV source layer owns a cache");
+        let seqs = cache.layers[src]
+            .as_mut()
+            .expect("validated: the KV source layer owns a cache");
         if let Some((k, v)) = kv {
             for r in 0..self.step.len() {
                 let s = &mut seqs[self.step.seqs[r]];
@@ -349,76 +397,121 @@ impl Backend for CpuBackend {
         let window = spec.window();
         let mut out = CpuTensor::zeros(q.rows, spec.q_dim());
         let step = &self.step;
-        out.data.par_chunks_mut(spec.q_dim()).enumerate().for_each(|(r, out_row)| {
-            let s = &seqs[step.seqs[r]];
-            let pos = step.positions[r];
-            // Visible keys: positions in (pos - window, pos], and only what the cache still holds.
-            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w)).max(s.start);
-            let (lo, hi) = (first - s.start, pos + 1 - s.start);
-            let mut scores = vec![0.0f32; hi - lo];
-            for h in 0..spec.n_heads {
-                let kvh = h / group;
-                let qh = &q.row(r)[h * hd..(h + 1) * hd];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let krow = &s.k[(lo + j) * kv_dim + kvh * hd..][..hd];
-                    *sc = dot(qh, krow) * spec.softmax_scale;
+        out.data
+            .par_chunks_mut(spec.q_dim())
+            .enumerate()
+            .for_each(|(r, out_row)| {
+                let s = &seqs[step.seqs[r]];
+                let pos = step.positions[r];
+                // Visible keys: positions in (pos - window, pos], and only what the cache still holds.
+                let first = window
+                    .map_or(0, |w| (pos + 1).saturating_sub(w))
+                    .max(s.start);
+                let (lo, hi) = (first - s.start, pos + 1 - s.start);
+                let mut scores = vec![0.0f32; hi - lo];
+                for h in 0..spec.n_heads {
+                    let kvh = h / group;
+                    let qh = &q.row(r)[h * hd..(h + 1) * hd];
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        let krow = &s.k[(lo + j) * kv_dim + kvh * hd..][..hd];
+                        *sc = dot(qh, krow) * spec.softmax_scale;
+                    }
+                    let sink = sinks.map(|s| s.data[h]);
+                    let max = scores
+                        .iter()
+                        .copied()
+                        .chain(sink)
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+                    scores.iter_mut().for_each(|sc| {
+                        *sc = (*sc - max).exp();
+                        sum += *sc;
+                    });
+                    let o = &mut out_row[h * hd..(h + 1) * hd];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let vrow = &s.v[(lo + j) * kv_dim + kvh * hd..][..hd];
+                        o.iter_mut().zip(vrow).for_each(|(a, v)| *a += p / sum * v);
+                    }
                 }
-                let sink = sinks.map(|s| s.data[h]);
-                let max = scores.iter().copied().chain(sink).fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = sink.map_or(0.0, |s| (s - max).exp());
-                scores.iter_mut().for_each(|sc| {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                });
-                let o = &mut out_row[h * hd..(h + 1) * hd];
-                for (j, &p) in scores.iter().enumerate() {
-                    let vrow = &s.v[(lo + j) * kv_dim + kvh * hd..][..hd];
-                    o.iter_mut().zip(vrow).for_each(|(a, v)| *a += p / sum * v);
-                }
-            }
-        });
+            });
         out
     }
 
     fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
-        let data = gate.data.iter().zip(&up.data).map(|(g, u)| silu(*g) * u).collect();
-        CpuTensor { rows: gate.rows, cols: gate.cols, data }
+        let data = gate
+            .data
+            .iter()
+            .zip(&up.data)
+            .map(|(g, u)| silu(*g) * u)
+            .collect();
+        CpuTensor {
+            rows: gate.rows,
+            cols: gate.cols,
+            data,
+        }
     }
 
-    fn moe(&mut self, x: &CpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> CpuTensor {
+    fn moe(
+        &mut self,
+        x: &CpuTensor,
+        w: &MoeExperts<Self>,
+        spec: &MoeSpec,
+        layer: usize,
+    ) -> CpuTensor {
         let h = x.cols;
         let i = spec.expert_intermediate;
         let logits = self.linear(x, &w.router, w.router_bias.as_ref());
-        let routes: Vec<(Vec<f32>, Vec<(usize, f32)>)> = logits.data.par_chunks(spec.n_experts).map(|lg| route(lg, spec)).collect();
+        let routes: Vec<(Vec<f32>, Vec<(usize, f32)>)> = logits
+            .data
+            .par_chunks(spec.n_experts)
+            .map(|lg| route(lg, spec))
+            .collect();
         let mut out = CpuTensor::zeros(x.rows, h);
-        out.data.par_chunks_mut(h).zip(routes.par_iter()).enumerate().for_each(|(r, (acc, (_, chosen)))| {
-            for &(e, weight) in chosen {
-                let biases = (opt_expert_slice(&w.gate_bias, e, i), opt_expert_slice(&w.up_bias, e, i), opt_expert_slice(&w.down_bias, e, h));
-                expert_forward(
-                    x.row(r),
-                    expert_slice(&w.gate, e, i * h),
-                    expert_slice(&w.up, e, i * h),
-                    expert_slice(&w.down, e, h * i),
-                    biases,
-                    spec.activation,
-                    weight,
-                    acc,
-                );
-            }
-        });
+        out.data
+            .par_chunks_mut(h)
+            .zip(routes.par_iter())
+            .enumerate()
+            .for_each(|(r, (acc, (_, chosen)))| {
+                for &(e, weight) in chosen {
+                    let biases = (
+                        opt_expert_slice(&w.gate_bias, e, i),
+                        opt_expert_slice(&w.up_bias, e, i),
+                        opt_expert_slice(&w.down_bias, e, h),
+                    );
+                    expert_forward(
+                        x.row(r),
+                        expert_slice(&w.gate, e, i * h),
+                        expert_slice(&w.up, e, i * h),
+                        expert_slice(&w.down, e, h * i),
+                        biases,
+                        spec.activation,
+                        weight,
+                        acc,
+                    );
+                }
+            });
         if let Some(trace) = self.routing.as_mut() {
-            let (probs, chosen): (Vec<Vec<f32>>, Vec<Vec<(usize, f32)>>) = routes.into_iter().unzip();
-            trace.push(LayerRouting { layer, n_experts: spec.n_experts, probs: probs.concat(), chosen });
+            let (probs, chosen): (Vec<Vec<f32>>, Vec<Vec<(usize, f32)>>) =
+                routes.into_iter().unzip();
+            trace.push(LayerRouting {
+                layer,
+                n_experts: spec.n_experts,
+                probs: probs.concat(),
+                chosen,
+            });
         }
         out
     }
 
     fn sigmoid_gate(&mut self, x: &mut CpuTensor, gate: &CpuTensor) {
         let cols = x.cols;
-        x.data.chunks_mut(cols).zip(&gate.data).for_each(|(row, g)| {
-            let s = sigmoid(*g);
-            row.iter_mut().for_each(|v| *v *= s);
-        });
+        x.data
+            .chunks_mut(cols)
+            .zip(&gate.data)
+            .for_each(|(row, g)| {
+                let s = sigmoid(*g);
+                row.iter_mut().for_each(|v| *v *= s);
+            });
     }
 
     fn add_assign(&mut self, x: &mut CpuTensor, y: &CpuTensor) {
@@ -426,8 +519,15 @@ impl Backend for CpuBackend {
     }
 
     fn select_rows(&mut self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
-        let data = rows.iter().flat_map(|&r| x.row(r).iter().copied()).collect();
-        CpuTensor { rows: rows.len(), cols: x.cols, data }
+        let data = rows
+            .iter()
+            .flat_map(|&r| x.row(r).iter().copied())
+            .collect();
+        CpuTensor {
+            rows: rows.len(),
+            cols: x.cols,
+            data,
+        }
     }
 
     fn end_step(&mut self, cache: &mut CpuCache) -> Result<()> {
@@ -436,7 +536,9 @@ impl Backend for CpuBackend {
         }
         // Sliding layers keep only the last `window` positions of each sequence.
         for (layer, seqs) in cache.layers.iter_mut().enumerate() {
-            let (Some(seqs), Some(window)) = (seqs.as_mut(), cache.windows[layer]) else { continue };
+            let (Some(seqs), Some(window)) = (seqs.as_mut(), cache.windows[layer]) else {
+                continue;
+            };
             let kv_dim = cache.kv_dims[layer];
             for (slot, s) in seqs.iter_mut().enumerate() {
                 let keep_from = cache.lens[slot].saturating_sub(window);
@@ -460,6 +562,10 @@ impl Backend for CpuBackend {
     }
 
     fn take_routing(&mut self) -> Result<Vec<LayerRouting>> {
-        Ok(self.routing.as_mut().map(std::mem::take).unwrap_or_default())
+        Ok(self
+            .routing
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default())
     }
 }

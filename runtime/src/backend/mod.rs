@@ -69,7 +69,11 @@ pub struct Step {
 impl Step {
     /// One sequence's tokens starting at `start`.
     pub fn single(seq: usize, tokens: &[u32], start: usize) -> Step {
-        Step { tokens: tokens.to_vec(), positions: (start..start + tokens.len()).collect(), seqs: vec![seq; tokens.len()] }
+        Step {
+            tokens: tokens.to_vec(),
+            positions: (start..start + tokens.len()).collect(),
+            seqs: vec![seq; tokens.len()],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -102,9 +106,20 @@ pub trait Backend: WeightTypes + Sized {
     /// Rows of `table` ([vocab, hidden]) for the step's tokens.
     fn embed(&mut self, table: &Self::Matrix) -> Self::Tensor;
     /// RMSNorm over each group of `group` columns (the row width, or head_dim for per-head norms).
-    fn rms_norm(&mut self, x: &Self::Tensor, weight: &Self::Vector, eps: f32, group: usize) -> Self::Tensor;
+    fn rms_norm(
+        &mut self,
+        x: &Self::Tensor,
+        weight: &Self::Vector,
+        eps: f32,
+        group: usize,
+    ) -> Self::Tensor;
     /// x · Wᵀ + bias.
-    fn linear(&mut self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Self::Tensor;
+    fn linear(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+    ) -> Self::Tensor;
     fn clamp(&mut self, x: &mut Self::Tensor, limit: f32);
     /// Rotates every head_dim slice of x for its token's position.
     fn apply_rope(&mut self, x: &mut Self::Tensor, rope: &Self::Rope, head_dim: usize);
@@ -122,7 +137,13 @@ pub trait Backend: WeightTypes + Sized {
     fn swiglu(&mut self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// Routes each row to its experts on the backend and returns the weighted sum of their outputs.
     /// `layer` labels the routing trace.
-    fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Self::Tensor;
+    fn moe(
+        &mut self,
+        x: &Self::Tensor,
+        weights: &MoeExperts<Self>,
+        spec: &MoeSpec,
+        layer: usize,
+    ) -> Self::Tensor;
     /// x[row] *= sigmoid(gate[row]) for a one-column gate.
     fn sigmoid_gate(&mut self, x: &mut Self::Tensor, gate: &Self::Tensor);
     fn add_assign(&mut self, x: &mut Self::Tensor, y: &Self::Tensor);

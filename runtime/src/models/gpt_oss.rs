@@ -8,19 +8,25 @@
 //! `experts.down_proj_bias` (E, H); or MXFP4 `experts.gate_up_proj_{blocks,scales}` decoding to
 //! (E, 2I, H) with interleaved rows, and `experts.down_proj_{blocks,scales}` decoding to (E, H, I).
 
-use super::{EXPERT_COUNT_KEYS, llama_layer, sliding_windows, Dims, Family};
+use super::{llama_layer, sliding_windows, Dims, Family, EXPERT_COUNT_KEYS};
 use crate::backend::{Host, MoeExperts};
 use crate::checkpoint::{Checkpoint, HostTensor};
 use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::{Layer, Moe};
-use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection};
+use crate::spec::{
+    ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring,
+    Selection,
+};
 
 pub struct GptOss;
 
 impl Family for GptOss {
     fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec> {
-        let d = Dims::from_config(cfg)?;
+        let d = Dims {
+            default_rope_theta: 150000.0,
+            ..Dims::from_config(cfg)?
+        };
         // Without `layer_types`, transformers alternates starting with a sliding layer.
         let windows = sliding_windows(cfg, d.n_layers, |l| l % 2 == 0)?;
         let bias = cfg.bool_or("attention_bias", true)?;
@@ -44,7 +50,10 @@ impl Family for GptOss {
                         renormalize: false,
                         bias: true,
                     },
-                    activation: ExpertActivation::ClampedSwiGlu { alpha: 1.702, limit: cfg.f64_or("swiglu_limit", 7.0)? as f32 },
+                    activation: ExpertActivation::ClampedSwiGlu {
+                        alpha: 1.702,
+                        limit: cfg.f64_or("swiglu_limit", 7.0)? as f32,
+                    },
                     expert_bias: true,
                     shared: None,
                 });
@@ -63,11 +72,28 @@ impl Family for GptOss {
             // Both forms end as [E, 2I, H] (rows interleaved gate/up) and [E, H, I]: out x in.
             let (gate_up, down) = if ck.has(&format!("{x}.gate_up_proj_blocks")) {
                 (
-                    ck.mxfp4_f32(&format!("{x}.gate_up_proj_blocks"), &format!("{x}.gate_up_proj_scales"), e, 2 * i, h)?,
-                    ck.mxfp4_f32(&format!("{x}.down_proj_blocks"), &format!("{x}.down_proj_scales"), e, h, i)?,
+                    ck.mxfp4_f32(
+                        &format!("{x}.gate_up_proj_blocks"),
+                        &format!("{x}.gate_up_proj_scales"),
+                        e,
+                        2 * i,
+                        h,
+                    )?,
+                    ck.mxfp4_f32(
+                        &format!("{x}.down_proj_blocks"),
+                        &format!("{x}.down_proj_scales"),
+                        e,
+                        h,
+                        i,
+                    )?,
                 )
             } else {
-                (ck.f32(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?.transpose_last2(), ck.f32(&format!("{x}.down_proj"), &[e, i, h])?.transpose_last2())
+                (
+                    ck.f32(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?
+                        .transpose_last2(),
+                    ck.f32(&format!("{x}.down_proj"), &[e, i, h])?
+                        .transpose_last2(),
+                )
             };
             let (gate, up) = deinterleave(&gate_up, e, i, h);
             let gu_bias = ck.f32(&format!("{x}.gate_up_proj_bias"), &[e, 2 * i])?;
@@ -82,7 +108,11 @@ impl Family for GptOss {
                 up_bias: Some(HostTensor::new(vec![e, i], up_bias.data)),
                 down_bias: Some(ck.f32(&format!("{x}.down_proj_bias"), &[e, h])?),
             };
-            Ok(Moe { experts, shared: None, shared_gate: None })
+            Ok(Moe {
+                experts,
+                shared: None,
+                shared_gate: None,
+            })
         })
     }
 }
@@ -94,5 +124,8 @@ fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> (HostTensor, Ho
         gate.extend_from_slice(&pair[..w]);
         up.extend_from_slice(&pair[w..]);
     }
-    (HostTensor::new(vec![e, i, w], gate), HostTensor::new(vec![e, i, w], up))
+    (
+        HostTensor::new(vec![e, i, w], gate),
+        HostTensor::new(vec![e, i, w], up),
+    )
 }

@@ -27,7 +27,10 @@ impl Family for Llama {
                 let mut attn = d.attention(cfg, l, windows[l])?;
                 attn.qkv_bias = bias;
                 attn.o_bias = bias;
-                Ok(LayerSpec { attn, ffn: FfnSpec::Dense { intermediate } })
+                Ok(LayerSpec {
+                    attn,
+                    ffn: FfnSpec::Dense { intermediate },
+                })
             })
             .collect::<Result<_>>()?;
         d.model_spec(cfg, 1e-6, layers)

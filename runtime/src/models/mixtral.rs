@@ -5,7 +5,9 @@
 //! `block_sparse_moe.experts.{e}.w1` (gate), `w3` (up), `w2` (down). transformers v5 renames them to
 //! `mlp.gate` and fused `mlp.experts.gate_up_proj` / `down_proj`; both load.
 
-use super::{EXPERT_COUNT_KEYS, llama_layer, plain_moe, sliding_windows, softmax_topk, Dims, Family};
+use super::{
+    llama_layer, plain_moe, sliding_windows, softmax_topk, Dims, Family, EXPERT_COUNT_KEYS,
+};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -17,7 +19,10 @@ pub struct Mixtral;
 
 impl Family for Mixtral {
     fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec> {
-        let d = Dims::from_config(cfg)?;
+        let d = Dims {
+            default_rope_theta: 1e6,
+            ..Dims::from_config(cfg)?
+        };
         let windows = sliding_windows(cfg, d.n_layers, |_| true)?;
         let layers = (0..d.n_layers)
             .map(|l| {
@@ -29,7 +34,10 @@ impl Family for Mixtral {
                     expert_bias: false,
                     shared: None,
                 });
-                Ok(LayerSpec { attn: d.attention(cfg, l, windows[l])?, ffn })
+                Ok(LayerSpec {
+                    attn: d.attention(cfg, l, windows[l])?,
+                    ffn,
+                })
             })
             .collect::<Result<_>>()?;
         d.model_spec(cfg, 1e-5, layers)
@@ -42,9 +50,20 @@ impl Family for Mixtral {
             let experts = if ck.has(&format!("{hub}.gate.weight")) {
                 plain_moe(ck, &hub, "gate", ["w1", "w3", "w2"], m, spec.hidden_size)?
             } else {
-                plain_moe(ck, &v5, "gate", ["gate_proj", "up_proj", "down_proj"], m, spec.hidden_size)?
+                plain_moe(
+                    ck,
+                    &v5,
+                    "gate",
+                    ["gate_proj", "up_proj", "down_proj"],
+                    m,
+                    spec.hidden_size,
+                )?
             };
-            Ok(Moe { experts, shared: None, shared_gate: None })
+            Ok(Moe {
+                experts,
+                shared: None,
+                shared_gate: None,
+            })
         })
     }
 }

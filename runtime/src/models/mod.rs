@@ -17,7 +17,10 @@ use crate::checkpoint::{Checkpoint, HostTensor};
 use crate::error::{Result, ResultExt};
 use crate::hf_config::HfConfig;
 use crate::model::{Attention, Ffn, Globals, Layer, Mlp, Moe};
-use crate::spec::{AttnKind, AttnSpec, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RouterOrder, RouterSpec, Scoring, Selection};
+use crate::spec::{
+    AttnKind, AttnSpec, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RouterOrder, RouterSpec,
+    Scoring, Selection,
+};
 
 pub trait Family: Sync {
     fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec>;
@@ -28,7 +31,18 @@ pub trait Family: Sync {
 }
 
 /// The `model_type` values Volt loads, for messages and the README.
-pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "gpt_oss", "volt"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "mixtral",
+    "gpt_oss",
+    "volt",
+];
 
 pub fn family_of(cfg: &HfConfig) -> Result<&'static dyn Family> {
     let Some(model_type) = cfg.opt_str("model_type").context("config.json")? else {
@@ -44,7 +58,10 @@ pub fn family_of(cfg: &HfConfig) -> Result<&'static dyn Family> {
         "mixtral" => &mixtral::Mixtral,
         "gpt_oss" => &gpt_oss::GptOss,
         "volt" => &volt::Volt,
-        other => bail!("unknown architecture `{other}` (supported: {})", SUPPORTED.join(", ")),
+        other => bail!(
+            "unknown architecture `{other}` (supported: {})",
+            SUPPORTED.join(", ")
+        ),
     })
 }
 
@@ -56,6 +73,8 @@ pub struct Dims {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// RoPE base when the config states none (transformers' per-family default).
+    pub default_rope_theta: f64,
 }
 
 impl Dims {
@@ -72,11 +91,17 @@ impl Dims {
             n_heads,
             n_kv_heads: cfg.usize_or("num_key_value_heads", n_heads)?,
             head_dim: cfg.usize_or("head_dim", hidden / n_heads)?,
+            default_rope_theta: 10000.0,
         })
     }
 
     /// The spec around the layers, from the keys all families share.
-    pub fn model_spec(&self, cfg: &HfConfig, default_eps: f64, layers: Vec<LayerSpec>) -> Result<ModelSpec> {
+    pub fn model_spec(
+        &self,
+        cfg: &HfConfig,
+        default_eps: f64,
+        layers: Vec<LayerSpec>,
+    ) -> Result<ModelSpec> {
         Ok(ModelSpec {
             family: cfg.opt_str("model_type")?.unwrap_or_default().to_string(),
             vocab_size: self.vocab,
@@ -92,7 +117,11 @@ impl Dims {
 
     /// Attention of layer `l` with defaults for everything families vary; callers set the rest.
     pub fn attention(&self, cfg: &HfConfig, l: usize, sliding: Option<usize>) -> Result<AttnSpec> {
-        let layer_type = if sliding.is_some() { "sliding_attention" } else { "full_attention" };
+        let layer_type = if sliding.is_some() {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        };
         Ok(AttnSpec {
             kind: sliding.map_or(AttnKind::Full, |window| AttnKind::Sliding { window }),
             n_heads: self.n_heads,
@@ -104,7 +133,7 @@ impl Dims {
             clip_qkv: None,
             sinks: false,
             softmax_scale: (self.head_dim as f32).powf(-0.5),
-            rope: cfg.rope(10000.0, layer_type)?,
+            rope: cfg.rope(self.default_rope_theta, layer_type)?,
             kv_source: l,
         })
     }
@@ -112,7 +141,11 @@ impl Dims {
 
 /// The window of each layer (None = full attention). `layer_types` wins when present; otherwise the
 /// family's own rule says which layers slide. A null or zero `sliding_window` means no layer slides.
-pub fn sliding_windows(cfg: &HfConfig, n_layers: usize, family_rule: impl Fn(usize) -> bool) -> Result<Vec<Option<usize>>> {
+pub fn sliding_windows(
+    cfg: &HfConfig,
+    n_layers: usize,
+    family_rule: impl Fn(usize) -> bool,
+) -> Result<Vec<Option<usize>>> {
     let window = cfg.opt_usize("sliding_window")?.filter(|&w| w > 0);
     let slides: Vec<bool> = match cfg.layer_types(n_layers)? {
         Some(types) => types,
@@ -121,15 +154,26 @@ pub fn sliding_windows(cfg: &HfConfig, n_layers: usize, family_rule: impl Fn(usi
     if window.is_none() && slides.iter().any(|&s| s) && cfg.has("layer_types") {
         bail!("`layer_types` has sliding layers but `sliding_window` is not set");
     }
-    Ok(slides.into_iter().map(|s| if s { window } else { None }).collect())
+    Ok(slides
+        .into_iter()
+        .map(|s| if s { window } else { None })
+        .collect())
 }
 
 /// `model.embed_tokens`, `model.norm`, `lm_head` (absent when tied).
 pub fn llama_globals(ck: &Checkpoint, spec: &ModelSpec) -> Result<Globals<Host>> {
     let (v, h) = (spec.vocab_size, spec.hidden_size);
     let embed = ck.f32("model.embed_tokens.weight", &[v, h])?;
-    let lm_head = if spec.tie_word_embeddings { None } else { Some(ck.f32("lm_head.weight", &[v, h])?) };
-    Ok(Globals { embed, final_norm: ck.f32("model.norm.weight", &[h])?, lm_head })
+    let lm_head = if spec.tie_word_embeddings {
+        None
+    } else {
+        Some(ck.f32("lm_head.weight", &[v, h])?)
+    };
+    Ok(Globals {
+        embed,
+        final_norm: ck.f32("model.norm.weight", &[h])?,
+        lm_head,
+    })
 }
 
 /// `model.layers.{l}.self_attn.*` in the llama naming, with whatever biases and norms the spec asks for.
@@ -140,51 +184,98 @@ pub fn llama_attention(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<At
     let (q, kv) = (a.q_dim(), a.kv_dim());
     let owns_kv = a.kv_source == l;
     let kv_weights = if owns_kv {
-        Some((ck.f32(&format!("{p}.k_proj.weight"), &[kv, h])?, ck.f32(&format!("{p}.v_proj.weight"), &[kv, h])?))
+        Some((
+            ck.f32(&format!("{p}.k_proj.weight"), &[kv, h])?,
+            ck.f32(&format!("{p}.v_proj.weight"), &[kv, h])?,
+        ))
     } else {
         None
     };
     let bias = |name: &str, n: usize| ck.f32(&format!("{p}.{name}.bias"), &[n]);
     let (q_norm, k_norm) = match a.qk_norm {
         QkNorm::None => (None, None),
-        QkNorm::PerHead => (Some(ck.f32(&format!("{p}.q_norm.weight"), &[a.head_dim])?), Some(ck.f32(&format!("{p}.k_norm.weight"), &[a.head_dim])?)),
-        QkNorm::WholeProjection => (Some(ck.f32(&format!("{p}.q_norm.weight"), &[q])?), Some(ck.f32(&format!("{p}.k_norm.weight"), &[kv])?)),
+        QkNorm::PerHead => (
+            Some(ck.f32(&format!("{p}.q_norm.weight"), &[a.head_dim])?),
+            Some(ck.f32(&format!("{p}.k_norm.weight"), &[a.head_dim])?),
+        ),
+        QkNorm::WholeProjection => (
+            Some(ck.f32(&format!("{p}.q_norm.weight"), &[q])?),
+            Some(ck.f32(&format!("{p}.k_norm.weight"), &[kv])?),
+        ),
     };
     Ok(Attention {
         q: ck.f32(&format!("{p}.q_proj.weight"), &[q, h])?,
         kv: kv_weights,
         o: ck.f32(&format!("{p}.o_proj.weight"), &[h, q])?,
         q_bias: a.qkv_bias.then(|| bias("q_proj", q)).transpose()?,
-        kv_bias: if a.qkv_bias && owns_kv { Some((bias("k_proj", kv)?, bias("v_proj", kv)?)) } else { None },
-        o_bias: a.o_bias.then(|| ck.f32(&format!("{p}.o_proj.bias"), &[h])).transpose()?,
-        q_norm: if a.qk_norm == QkNorm::None { None } else { q_norm },
+        kv_bias: if a.qkv_bias && owns_kv {
+            Some((bias("k_proj", kv)?, bias("v_proj", kv)?))
+        } else {
+            None
+        },
+        o_bias: a
+            .o_bias
+            .then(|| ck.f32(&format!("{p}.o_proj.bias"), &[h]))
+            .transpose()?,
+        q_norm: if a.qk_norm == QkNorm::None {
+            None
+        } else {
+            q_norm
+        },
         k_norm: if owns_kv { k_norm } else { None },
-        sinks: a.sinks.then(|| ck.f32(&format!("{p}.sinks"), &[a.n_heads])).transpose()?,
+        sinks: a
+            .sinks
+            .then(|| ck.f32(&format!("{p}.sinks"), &[a.n_heads]))
+            .transpose()?,
     })
 }
 
 /// A whole llama-style layer: `input_layernorm`, `self_attn`, `post_attention_layernorm`, and `mlp` as a
 /// SwiGLU for dense layers or through `moe` (the family's expert naming) for MoE layers.
-pub fn llama_layer(ck: &Checkpoint, spec: &ModelSpec, l: usize, moe: impl FnOnce(&MoeSpec) -> Result<Moe<Host>>) -> Result<Layer<Host>> {
+pub fn llama_layer(
+    ck: &Checkpoint,
+    spec: &ModelSpec,
+    l: usize,
+    moe: impl FnOnce(&MoeSpec) -> Result<Moe<Host>>,
+) -> Result<Layer<Host>> {
     let h = spec.hidden_size;
     let ffn = match &spec.layers[l].ffn {
-        FfnSpec::Dense { intermediate } => Ffn::Dense(swiglu_mlp(ck, &format!("model.layers.{l}.mlp"), h, *intermediate)?),
+        FfnSpec::Dense { intermediate } => Ffn::Dense(swiglu_mlp(
+            ck,
+            &format!("model.layers.{l}.mlp"),
+            h,
+            *intermediate,
+        )?),
         FfnSpec::Moe(m) => Ffn::Moe(Box::new(moe(m)?)),
     };
     Ok(Layer {
         input_norm: ck.f32(&format!("model.layers.{l}.input_layernorm.weight"), &[h])?,
-        post_attention_norm: ck.f32(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h])?,
+        post_attention_norm: ck.f32(
+            &format!("model.layers.{l}.post_attention_layernorm.weight"),
+            &[h],
+        )?,
         attn: llama_attention(ck, spec, l)?,
         ffn,
     })
 }
 
 /// A SwiGLU MLP at `{prefix}.{gate,up,down}_proj.weight`.
-pub fn swiglu_mlp(ck: &Checkpoint, prefix: &str, hidden: usize, intermediate: usize) -> Result<Mlp<Host>> {
+pub fn swiglu_mlp(
+    ck: &Checkpoint,
+    prefix: &str,
+    hidden: usize,
+    intermediate: usize,
+) -> Result<Mlp<Host>> {
     Ok(Mlp {
-        gate: ck.f32(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
+        gate: ck.f32(
+            &format!("{prefix}.gate_proj.weight"),
+            &[intermediate, hidden],
+        )?,
         up: ck.f32(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
-        down: ck.f32(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
+        down: ck.f32(
+            &format!("{prefix}.down_proj.weight"),
+            &[hidden, intermediate],
+        )?,
     })
 }
 
@@ -202,27 +293,51 @@ pub fn routed_experts(
     let fused = format!("{prefix}.experts.gate_up_proj");
     if ck.has(&fused) {
         let gate_up = ck.f32(&fused, &[n_experts, 2 * inter, hidden])?;
-        let (mut gate, mut up) = (Vec::with_capacity(n_experts * inter * hidden), Vec::with_capacity(n_experts * inter * hidden));
+        let (mut gate, mut up) = (
+            Vec::with_capacity(n_experts * inter * hidden),
+            Vec::with_capacity(n_experts * inter * hidden),
+        );
         for e in gate_up.data.chunks_exact(2 * inter * hidden) {
             gate.extend_from_slice(&e[..inter * hidden]);
             up.extend_from_slice(&e[inter * hidden..]);
         }
-        let down = ck.f32(&format!("{prefix}.experts.down_proj"), &[n_experts, hidden, inter])?;
+        let down = ck.f32(
+            &format!("{prefix}.experts.down_proj"),
+            &[n_experts, hidden, inter],
+        )?;
         let shape = vec![n_experts, inter, hidden];
-        return Ok((HostTensor::new(shape.clone(), gate), HostTensor::new(shape, up), down));
+        return Ok((
+            HostTensor::new(shape.clone(), gate),
+            HostTensor::new(shape, up),
+            down,
+        ));
     }
     let stack = |name: &str, shape: [usize; 2]| -> Result<HostTensor> {
         let mut data = Vec::with_capacity(n_experts * shape[0] * shape[1]);
         for e in 0..n_experts {
-            data.extend(ck.f32(&format!("{prefix}.experts.{e}.{name}.weight"), &shape)?.data);
+            data.extend(
+                ck.f32(&format!("{prefix}.experts.{e}.{name}.weight"), &shape)?
+                    .data,
+            );
         }
         Ok(HostTensor::new(vec![n_experts, shape[0], shape[1]], data))
     };
-    Ok((stack(names[0], [inter, hidden])?, stack(names[1], [inter, hidden])?, stack(names[2], [hidden, inter])?))
+    Ok((
+        stack(names[0], [inter, hidden])?,
+        stack(names[1], [inter, hidden])?,
+        stack(names[2], [hidden, inter])?,
+    ))
 }
 
 /// Router weight [E, H] plus routed experts, with no biases: the Qwen/OLMoE/Mixtral form.
-pub fn plain_moe(ck: &Checkpoint, prefix: &str, router: &str, names: [&str; 3], m: &MoeSpec, h: usize) -> Result<MoeExperts<Host>> {
+pub fn plain_moe(
+    ck: &Checkpoint,
+    prefix: &str,
+    router: &str,
+    names: [&str; 3],
+    m: &MoeSpec,
+    h: usize,
+) -> Result<MoeExperts<Host>> {
     let (e, i) = (m.n_experts, m.expert_intermediate);
     let (gate, up, down) = routed_experts(ck, prefix, names, e, h, i)?;
     Ok(MoeExperts {
@@ -246,10 +361,18 @@ pub fn qwen_moe_layers(cfg: &HfConfig, n_layers: usize) -> Result<Vec<bool>> {
     let dense = cfg.usize_list("mlp_only_layers")?;
     let step = cfg.usize_or("decoder_sparse_step", 1)?.max(1);
     let has_experts = cfg.usize_any(EXPERT_COUNT_KEYS).unwrap_or(0) > 0;
-    Ok((0..n_layers).map(|l| has_experts && !dense.contains(&l) && (l + 1) % step == 0).collect())
+    Ok((0..n_layers)
+        .map(|l| has_experts && !dense.contains(&l) && (l + 1) % step == 0)
+        .collect())
 }
 
 /// Softmax routing over all experts, top-k, renormalised or not: Qwen, OLMoE, Mixtral.
 pub fn softmax_topk(k: usize, renormalize: bool) -> RouterSpec {
-    RouterSpec { scoring: Scoring::Softmax, order: RouterOrder::ScoreThenSelect, selection: Selection::TopK { k }, renormalize, bias: false }
+    RouterSpec {
+        scoring: Scoring::Softmax,
+        order: RouterOrder::ScoreThenSelect,
+        selection: Selection::TopK { k },
+        renormalize,
+        bias: false,
+    }
 }

@@ -1,7 +1,7 @@
 //! OLMoE (`olmoe`): every layer MoE with softmax top-k (renormalised iff `norm_topk_prob`);
 //! `intermediate_size` is per expert; q_norm/k_norm over the whole projections; optional `clip_qkv`.
 
-use super::{EXPERT_COUNT_KEYS, llama_layer, plain_moe, softmax_topk, Dims, Family};
+use super::{llama_layer, plain_moe, softmax_topk, Dims, Family, EXPERT_COUNT_KEYS};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -26,7 +26,10 @@ impl Family for Olmoe {
                 let ffn = FfnSpec::Moe(MoeSpec {
                     n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
                     expert_intermediate: cfg.usize("intermediate_size")?,
-                    router: softmax_topk(cfg.usize("num_experts_per_tok")?, cfg.bool_or("norm_topk_prob", false)?),
+                    router: softmax_topk(
+                        cfg.usize("num_experts_per_tok")?,
+                        cfg.bool_or("norm_topk_prob", false)?,
+                    ),
                     activation: ExpertActivation::SwiGlu,
                     expert_bias: false,
                     shared: None,
@@ -40,7 +43,18 @@ impl Family for Olmoe {
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
         let p = format!("model.layers.{l}.mlp");
         llama_layer(ck, spec, l, |m| {
-            Ok(Moe { experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, spec.hidden_size)?, shared: None, shared_gate: None })
+            Ok(Moe {
+                experts: plain_moe(
+                    ck,
+                    &p,
+                    "gate",
+                    ["gate_proj", "up_proj", "down_proj"],
+                    m,
+                    spec.hidden_size,
+                )?,
+                shared: None,
+                shared_gate: None,
+            })
         })
     }
 }

@@ -30,7 +30,10 @@ impl Family for Qwen2 {
             .map(|l| {
                 let mut attn = d.attention(cfg, l, windows[l])?;
                 attn.qkv_bias = true;
-                Ok(LayerSpec { attn, ffn: FfnSpec::Dense { intermediate } })
+                Ok(LayerSpec {
+                    attn,
+                    ffn: FfnSpec::Dense { intermediate },
+                })
             })
             .collect::<Result<_>>()?;
         d.model_spec(cfg, 1e-6, layers)

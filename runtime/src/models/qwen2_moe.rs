@@ -5,7 +5,10 @@
 //! Tensors under `model.layers.{l}.mlp`: `gate.weight` [E, H]; `experts.{e}.{gate,up,down}_proj.weight`
 //! (or fused `experts.gate_up_proj`); `shared_expert.{gate,up,down}_proj.weight`; `shared_expert_gate.weight` [1, H].
 
-use super::{EXPERT_COUNT_KEYS, llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, swiglu_mlp, Dims, Family};
+use super::{
+    llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, swiglu_mlp, Dims,
+    Family, EXPERT_COUNT_KEYS,
+};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -24,10 +27,17 @@ impl Family for Qwen2Moe {
             Ok(MoeSpec {
                 n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
                 expert_intermediate: cfg.usize("moe_intermediate_size")?,
-                router: softmax_topk(cfg.usize("num_experts_per_tok")?, cfg.bool_or("norm_topk_prob", false)?),
+                router: softmax_topk(
+                    cfg.usize("num_experts_per_tok")?,
+                    cfg.bool_or("norm_topk_prob", false)?,
+                ),
                 activation: ExpertActivation::SwiGlu,
                 expert_bias: false,
-                shared: (shared > 0).then_some(SharedExperts { intermediate: shared, count: 1, gated: true }),
+                shared: (shared > 0).then_some(SharedExperts {
+                    intermediate: shared,
+                    count: 1,
+                    gated: true,
+                }),
             })
         };
         // transformers' Qwen2-MoE rule: odd-numbered (1-based) layers below `max_window_layers` slide.
@@ -41,7 +51,13 @@ impl Family for Qwen2Moe {
             .map(|l| {
                 let mut attn = d.attention(cfg, l, windows[l])?;
                 attn.qkv_bias = cfg.bool_or("qkv_bias", true)?;
-                let ffn = if moe_layers[l] { FfnSpec::Moe(moe(l)?) } else { FfnSpec::Dense { intermediate: cfg.usize("intermediate_size")? } };
+                let ffn = if moe_layers[l] {
+                    FfnSpec::Moe(moe(l)?)
+                } else {
+                    FfnSpec::Dense {
+                        intermediate: cfg.usize("intermediate_size")?,
+                    }
+                };
                 Ok(LayerSpec { attn, ffn })
             })
             .collect::<Result<_>>()?;
@@ -52,9 +68,21 @@ impl Family for Qwen2Moe {
         let h = spec.hidden_size;
         let p = format!("model.layers.{l}.mlp");
         llama_layer(ck, spec, l, |m| {
-            let shared = m.shared.as_ref().map(|s| swiglu_mlp(ck, &format!("{p}.shared_expert"), h, s.intermediate)).transpose()?;
-            let shared_gate = if m.shared.is_some() { Some(ck.f32(&format!("{p}.shared_expert_gate.weight"), &[1, h])?) } else { None };
-            Ok(Moe { experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?, shared, shared_gate })
+            let shared = m
+                .shared
+                .as_ref()
+                .map(|s| swiglu_mlp(ck, &format!("{p}.shared_expert"), h, s.intermediate))
+                .transpose()?;
+            let shared_gate = if m.shared.is_some() {
+                Some(ck.f32(&format!("{p}.shared_expert_gate.weight"), &[1, h])?)
+            } else {
+                None
+            };
+            Ok(Moe {
+                experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?,
+                shared,
+                shared_gate,
+            })
         })
     }
 }

@@ -25,7 +25,10 @@ impl Family for Qwen3 {
                 attn.qkv_bias = bias;
                 attn.o_bias = bias;
                 attn.qk_norm = QkNorm::PerHead;
-                Ok(LayerSpec { attn, ffn: FfnSpec::Dense { intermediate } })
+                Ok(LayerSpec {
+                    attn,
+                    ffn: FfnSpec::Dense { intermediate },
+                })
             })
             .collect::<Result<_>>()?;
         d.model_spec(cfg, 1e-6, layers)

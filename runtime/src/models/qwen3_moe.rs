@@ -2,7 +2,10 @@
 //! top-k routing renormalised iff `norm_topk_prob`; no shared expert. `sliding_window` (when
 //! `use_sliding_window`) applies to every layer.
 
-use super::{EXPERT_COUNT_KEYS, llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, Dims, Family};
+use super::{
+    llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, Dims, Family,
+    EXPERT_COUNT_KEYS,
+};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -17,7 +20,11 @@ impl Family for Qwen3Moe {
         let d = Dims::from_config(cfg)?;
         let moe_layers = qwen_moe_layers(cfg, d.n_layers)?;
         let bias = cfg.bool_or("attention_bias", false)?;
-        let windows = if cfg.bool_or("use_sliding_window", false)? { sliding_windows(cfg, d.n_layers, |_| true)? } else { vec![None; d.n_layers] };
+        let windows = if cfg.bool_or("use_sliding_window", false)? {
+            sliding_windows(cfg, d.n_layers, |_| true)?
+        } else {
+            vec![None; d.n_layers]
+        };
         let layers = (0..d.n_layers)
             .map(|l| {
                 let mut attn = d.attention(cfg, l, windows[l])?;
@@ -28,13 +35,18 @@ impl Family for Qwen3Moe {
                     FfnSpec::Moe(MoeSpec {
                         n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
                         expert_intermediate: cfg.usize("moe_intermediate_size")?,
-                        router: softmax_topk(cfg.usize("num_experts_per_tok")?, cfg.bool_or("norm_topk_prob", false)?),
+                        router: softmax_topk(
+                            cfg.usize("num_experts_per_tok")?,
+                            cfg.bool_or("norm_topk_prob", false)?,
+                        ),
                         activation: ExpertActivation::SwiGlu,
                         expert_bias: false,
                         shared: None,
                     })
                 } else {
-                    FfnSpec::Dense { intermediate: cfg.usize("intermediate_size")? }
+                    FfnSpec::Dense {
+                        intermediate: cfg.usize("intermediate_size")?,
+                    }
                 };
                 Ok(LayerSpec { attn, ffn })
             })
@@ -45,7 +57,18 @@ impl Family for Qwen3Moe {
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
         let p = format!("model.layers.{l}.mlp");
         llama_layer(ck, spec, l, |m| {
-            Ok(Moe { experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, spec.hidden_size)?, shared: None, shared_gate: None })
+            Ok(Moe {
+                experts: plain_moe(
+                    ck,
+                    &p,
+                    "gate",
+                    ["gate_proj", "up_proj", "down_proj"],
+                    m,
+                    spec.hidden_size,
+                )?,
+                shared: None,
+                shared_gate: None,
+            })
         })
     }
 }

@@ -13,7 +13,10 @@ use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::{Layer, Moe};
-use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection, SharedExperts};
+use crate::spec::{
+    ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring,
+    Selection, SharedExperts,
+};
 
 pub struct Volt;
 
@@ -38,7 +41,13 @@ impl Family for Volt {
             .map(|l| {
                 let mut attn = d.attention(cfg, l, if sliding[l] { window } else { None })?;
                 attn.kv_source = kv_sources[l];
-                let ffn = if l < first_dense { FfnSpec::Dense { intermediate: cfg.usize("intermediate_size")? } } else { FfnSpec::Moe(moe_spec(cfg)?) };
+                let ffn = if l < first_dense {
+                    FfnSpec::Dense {
+                        intermediate: cfg.usize("intermediate_size")?,
+                    }
+                } else {
+                    FfnSpec::Moe(moe_spec(cfg)?)
+                };
                 Ok(LayerSpec { attn, ffn })
             })
             .collect::<Result<_>>()?;
@@ -49,8 +58,16 @@ impl Family for Volt {
         let h = spec.hidden_size;
         let p = format!("model.layers.{l}.mlp");
         llama_layer(ck, spec, l, |m| {
-            let shared = m.shared.as_ref().map(|s| swiglu_mlp(ck, &format!("{p}.shared_experts"), h, s.intermediate)).transpose()?;
-            Ok(Moe { experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?, shared, shared_gate: None })
+            let shared = m
+                .shared
+                .as_ref()
+                .map(|s| swiglu_mlp(ck, &format!("{p}.shared_experts"), h, s.intermediate))
+                .transpose()?;
+            Ok(Moe {
+                experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?,
+                shared,
+                shared_gate: None,
+            })
         })
     }
 }
@@ -61,7 +78,11 @@ fn kv_sources(cfg: &HfConfig, sliding: &[bool]) -> Result<Vec<usize>> {
     if cfg.has("kv_sources") {
         let sources = cfg.usize_list("kv_sources")?;
         if sources.len() != sliding.len() {
-            bail!("`kv_sources` has {} entries for {} layers", sources.len(), sliding.len());
+            bail!(
+                "`kv_sources` has {} entries for {} layers",
+                sources.len(),
+                sliding.len()
+            );
         }
         return Ok(sources);
     }
@@ -79,9 +100,14 @@ fn kv_sources(cfg: &HfConfig, sliding: &[bool]) -> Result<Vec<usize>> {
 fn moe_spec(cfg: &HfConfig) -> Result<MoeSpec> {
     let n_experts = cfg.usize("n_routed_experts")?;
     let selection = match cfg.opt_str("routing")?.unwrap_or("top_k") {
-        "top_k" => Selection::TopK { k: cfg.usize("num_experts_per_tok")? },
+        "top_k" => Selection::TopK {
+            k: cfg.usize("num_experts_per_tok")?,
+        },
         "top_p" => Selection::TopP {
-            p: cfg.opt_f64("router_top_p")?.ok_or_else(|| crate::Error::msg("top-p routing needs `router_top_p`"))? as f32,
+            p: cfg
+                .opt_f64("router_top_p")?
+                .ok_or_else(|| crate::Error::msg("top-p routing needs `router_top_p`"))?
+                as f32,
             min_experts: cfg.usize_or("router_min_experts", 1)?,
             max_experts: cfg.usize_or("router_max_experts", n_experts)?,
         },
@@ -101,6 +127,10 @@ fn moe_spec(cfg: &HfConfig) -> Result<MoeSpec> {
         },
         activation: ExpertActivation::SwiGlu,
         expert_bias: false,
-        shared: (n_shared > 0).then_some(SharedExperts { intermediate: n_shared * inter, count: n_shared, gated: false }),
+        shared: (n_shared > 0).then_some(SharedExperts {
+            intermediate: n_shared * inter,
+            count: n_shared,
+            gated: false,
+        }),
     })
 }
