@@ -3,7 +3,7 @@
 //! Python string/dict methods, and booleans and none printed the Python way (`True`, `None`).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::value::{Kwargs, ValueKind};
@@ -52,7 +52,7 @@ impl ChatTemplate {
     /// used). Ok(None) if there is none. bos/eos/unk strings come from tokenizer_config.json.
     pub fn from_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
         let config = TokenizerConfig::load(dir)?;
-        let Some(source) = find_source(dir, &config)? else {
+        let Some((source, file)) = find_source(dir, &config)? else {
             return Ok(None);
         };
         let template = ChatTemplate::from_source(
@@ -61,7 +61,7 @@ impl ChatTemplate {
             config.eos_token,
             config.unk_token,
         )
-        .with_context(|| dir.display())?;
+        .with_context(|| file.display())?;
         Ok(Some(template))
     }
 
@@ -108,13 +108,13 @@ impl ChatTemplate {
     }
 }
 
-/// The template source of a model folder, in transformers' order of precedence.
-fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<String>> {
+/// The template source of a model folder and the file it is in, in transformers' order of precedence.
+fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<(String, PathBuf)>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return std::fs::read_to_string(&jinja)
-            .with_context(|| format!("reading {}", jinja.display()))
-            .map(Some);
+        let source = std::fs::read_to_string(&jinja)
+            .with_context(|| format!("reading {}", jinja.display()))?;
+        return Ok(Some((source, jinja)));
     }
     let json_path = dir.join("chat_template.json");
     if json_path.is_file() {
@@ -125,14 +125,14 @@ fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<String>> {
         let Some(source) = json.get("chat_template").and_then(|t| t.as_str()) else {
             bail!("{}: no \"chat_template\" string", json_path.display());
         };
-        return Ok(Some(source.to_string()));
+        return Ok(Some((source.to_string(), json_path)));
     }
     let Some(template) = &config.chat_template else {
         return Ok(None);
     };
     let config_path = dir.join("tokenizer_config.json");
     match template {
-        serde_json::Value::String(source) => Ok(Some(source.clone())),
+        serde_json::Value::String(source) => Ok(Some((source.clone(), config_path))),
         serde_json::Value::Array(named) => {
             let default = named
                 .iter()
@@ -141,7 +141,7 @@ fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<String>> {
                 .and_then(|t| t.get("template"))
                 .and_then(|t| t.as_str())
             {
-                Some(source) => Ok(Some(source.to_string())),
+                Some(source) => Ok(Some((source.to_string(), config_path))),
                 None => bail!(
                     "{}: chat_template lists no \"default\" template",
                     config_path.display()
@@ -440,7 +440,6 @@ impl JsonStyle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     const FIXTURE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -522,7 +521,7 @@ mod tests {
     fn raise_exception_is_an_error_with_its_message() {
         let template = ChatTemplate::from_dir(Path::new(FIXTURE)).unwrap().unwrap();
         let err = template.render(&[msg("tool", "x")], true).unwrap_err();
-        assert!(err.message().contains("Unknown role: tool"), "{err}");
+        assert_eq!(err.message(), "chat template, line 4: Unknown role: tool");
         assert!(!err.to_string().contains('\n'));
     }
 
@@ -635,7 +634,8 @@ mod tests {
 
         std::fs::write(dir.join("chat_template.jinja"), "{% if %}").unwrap();
         let err = ChatTemplate::from_dir(&dir).err().unwrap();
-        assert!(err.message().contains("chat template"), "{err}");
+        let expected = "chat_template.jinja: chat template, line 1: syntax error";
+        assert!(err.message().contains(expected), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
