@@ -159,7 +159,7 @@ fn load(name: &str, slots: usize) -> BackendSession<CpuBackend> {
 #[test]
 fn a_step_mixing_sequences_at_different_positions_matches_running_each_alone() {
     use volt_runtime::backend::Step;
-    for name in ["mistral", "gpt_oss", "qwen2_moe"] {
+    for name in ["mistral", "gpt_oss", "qwen2_moe", "volt", "volt_topk"] {
         let a: Vec<u32> = (0..13).map(|i| (i * 7 + 3) % 97).collect();
         let b: Vec<u32> = (0..9).map(|i| (i * 5 + 1) % 89).collect();
         let mut alone = load(name, 1);
@@ -197,7 +197,7 @@ fn a_step_mixing_sequences_at_different_positions_matches_running_each_alone() {
 /// Sliding layers keep only their last W entries; layers that reuse another layer's KV keep none.
 #[test]
 fn kv_cache_keeps_only_what_the_spec_needs() {
-    for name in ["mistral", "gpt_oss", "qwen3", "llama"] {
+    for name in ["mistral", "gpt_oss", "qwen3", "llama", "volt", "volt_alt", "volt_topk"] {
         let mut s = load(name, 1);
         let ids: Vec<u32> = (0..20).map(|i| (i * 3 + 2) % 90).collect();
         prompt_logits(&mut s, 0, &ids).unwrap();
@@ -212,4 +212,38 @@ fn kv_cache_keeps_only_what_the_spec_needs() {
         assert_eq!(s.cache().rows_held(), expected, "{name}");
         assert_eq!(s.seq_len(0), ids.len());
     }
+}
+
+/// Fixtures from the PyTorch reference of the `volt` family also store, per MoE layer and position, the
+/// router probabilities and the chosen experts: routing on the CPU backend must be the same decision.
+#[test]
+fn routing_matches_the_reference_expert_for_expert() {
+    let mut checked = 0;
+    for dir in fixtures() {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let Some(routing) = v.get("routing").and_then(|r| r.as_object()) else { continue };
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let exp = expected(&dir);
+        let mut s = BackendSession::load(CpuBackend::new(WeightDtype::F32), &dir, 1).unwrap();
+        s.trace_routing(true);
+        prompt_logits(&mut s, 0, &exp.ids).unwrap();
+        let traces = s.take_routing().unwrap();
+        assert_eq!(traces.len(), routing.len(), "{name}: MoE layers traced");
+        for t in traces {
+            let want = &routing[&t.layer.to_string()];
+            let want_probs = &v["router_probs"][&t.layer.to_string()];
+            for (pos, chosen) in t.chosen.iter().enumerate() {
+                let mut got: Vec<u64> = chosen.iter().map(|c| c.0 as u64).collect();
+                got.sort();
+                let want: Vec<u64> = want[pos].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+                assert_eq!(got, want, "{name}: layer {} position {pos} experts", t.layer);
+                for (e, p) in want_probs[pos].as_array().unwrap().iter().enumerate() {
+                    let (p, g) = (p.as_f64().unwrap() as f32, t.probs[pos * t.n_experts + e]);
+                    assert!((p - g).abs() < 1e-4, "{name}: layer {} position {pos} expert {e}: expected {p}, got {g}", t.layer);
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "no fixture with reference routing");
 }
