@@ -13,11 +13,7 @@ pub struct Flags {
 
 impl Flags {
     /// `valued` flags take a value; `switches` take none.
-    pub fn parse(
-        args: &[String],
-        valued: &[&'static str],
-        switches: &[&'static str],
-    ) -> Result<Flags> {
+    pub fn parse(args: &[String], valued: &[&'static str], switches: &[&'static str]) -> Result<Flags> {
         let mut flags = Flags {
             values: HashMap::new(),
             switches: Vec::new(),
@@ -54,10 +50,7 @@ impl Flags {
             } else {
                 let mut all: Vec<&str> = valued.iter().chain(switches).copied().collect();
                 all.sort();
-                bail!(
-                    "unknown flag --{name} (this command takes: --{})",
-                    all.join(", --")
-                );
+                bail!("unknown flag --{name} (this command takes: --{})", all.join(", --"));
             }
             i += 1;
         }

@@ -18,21 +18,13 @@ fn open_with_text(flags: &Flags) -> Result<(Box<dyn Session>, Vec<u32>)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
     let dir = crate::model_path(flags.str("model"))?;
     let Some(tokenizer) = Tokenizer::from_dir(&dir)? else {
-        bail!(
-            "{} has no tokenizer.json: evaluating a text needs one",
-            dir.display()
-        );
+        bail!("{} has no tokenizer.json: evaluating a text needs one", dir.display());
     };
     let ids = tokenizer.encode(&text, false)?;
     if ids.is_empty() {
         bail!("empty input: {file} has no text");
     }
-    let session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        flags.str("dtype"),
-        1,
-    )?;
+    let session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
     Ok((session, ids))
 }
 
@@ -131,10 +123,7 @@ fn print_report(layers: &[(usize, LayerStats)], tokens: usize, groups: usize, pa
         println!("\nlayer {l}");
         println!("  expert      f_i      P_i   load (share of tokens activating it)");
         for i in 0..s.f.len() {
-            println!(
-                "  {i:>6}  {:>7.4}  {:>7.4}  {:>7.4}",
-                s.f[i], s.p[i], s.load[i]
-            );
+            println!("  {i:>6}  {:>7.4}  {:>7.4}  {:>7.4}", s.f[i], s.p[i], s.load[i]);
         }
         println!(
             "  L_ST  = {:.6}  (x alpha {ALPHA_ST:e} = {:.3e})",

@@ -20,12 +20,7 @@ pub fn logits(args: &[String]) -> Result<()> {
     };
     let ids = parse_ids(ids)?;
     let dir = crate::model_path(flags.str("model"))?;
-    let mut session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        flags.str("dtype"),
-        1,
-    )?;
+    let mut session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
     let rows = gen::prompt_logits(session.as_mut(), 0, &ids)?;
     println!("{}", json!({ "logits": rows }));
     Ok(())
@@ -69,36 +64,18 @@ pub fn generate(args: &[String]) -> Result<()> {
     let opts = GenerateOptions {
         max_tokens: flags.get_or("max-tokens", 128)?,
         sampling,
-        stop_strings: flags
-            .str("stop")
-            .map(|s| vec![s.to_string()])
-            .unwrap_or_default(),
+        stop_strings: flags.str("stop").map(|s| vec![s.to_string()]).unwrap_or_default(),
         ignore_eos: flags.has("ignore-eos"),
     };
-    let mut session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        flags.str("dtype"),
-        1,
-    )?;
+    let mut session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
     let eos = gen::eos_ids(&dir, session.spec(), tokenizer.as_ref());
     let mut stdout = std::io::stdout().lock();
     let mut ended_with_newline = true;
-    let out = gen::generate(
-        session.as_mut(),
-        0,
-        &prompt,
-        tokenizer.as_ref(),
-        &eos,
-        &opts,
-        |piece| {
-            // A closed pipe (`| head`) must not abort generation with a panic; the text is simply dropped.
-            let _ = stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush());
-            ended_with_newline = piece.ends_with('\n');
-        },
-    )?;
+    let out = gen::generate(session.as_mut(), 0, &prompt, tokenizer.as_ref(), &eos, &opts, |piece| {
+        // A closed pipe (`| head`) must not abort generation with a panic; the text is simply dropped.
+        let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+        ended_with_newline = piece.ends_with('\n');
+    })?;
     if flags.has("json") {
         if !ended_with_newline {
             let _ = writeln!(stdout);
@@ -143,10 +120,7 @@ fn prompt_ids(flags: &Flags, dir: &Path, tokenizer: Option<&Tokenizer>) -> Resul
         }
         (Some(text), None) => {
             let Some(tok) = tokenizer else {
-                bail!(
-                    "{} has no tokenizer.json: use --ids instead of --prompt",
-                    dir.display()
-                );
+                bail!("{} has no tokenizer.json: use --ids instead of --prompt", dir.display());
             };
             if text.is_empty() {
                 bail!("empty input: --prompt is empty");

@@ -12,9 +12,7 @@ pub fn info(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["model", "context"], &["json"])?;
     let path = crate::model_path(flags.str("model"))?;
     let config = HfConfig::load(&path)?;
-    let spec = models::family_of(&config)?
-        .spec(&config)
-        .context("config.json")?;
+    let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
     spec.validate().context("config.json")?;
     let context = flags.get_or("context", spec.max_position_embeddings)?;
     if context == 0 {
@@ -87,10 +85,7 @@ fn print_table(spec: &ModelSpec, r: &Value) {
         m(&r["params_total"]),
         m(&r["params_active"])
     );
-    println!(
-        "vocab / hidden    {} / {}",
-        spec.vocab_size, spec.hidden_size
-    );
+    println!("vocab / hidden    {} / {}", spec.vocab_size, spec.hidden_size);
     println!("layer  attention       kv_source  ffn");
     for (i, l) in r["layers"].as_array().into_iter().flatten().enumerate() {
         let attn = match l["window"].as_u64() {

@@ -73,9 +73,7 @@ fn run(args: &[String]) -> Result<()> {
             println!("volt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        other => bail!(
-            "unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats)"
-        ),
+        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats)"),
     }
 }
 
@@ -106,10 +104,7 @@ pub fn model_path(flag: Option<&str>) -> Result<PathBuf> {
     }
     let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/volt-tiny"));
     if !shipped.join("config.json").exists() {
-        bail!(
-            "no --model given and the default model is not at {}",
-            shipped.display()
-        );
+        bail!("no --model given and the default model is not at {}", shipped.display());
     }
     Ok(shipped)
 }

@@ -55,13 +55,8 @@ impl ChatTemplate {
         let Some((source, file)) = find_source(dir, &config)? else {
             return Ok(None);
         };
-        let template = ChatTemplate::from_source(
-            &source,
-            config.bos_token,
-            config.eos_token,
-            config.unk_token,
-        )
-        .with_context(|| file.display())?;
+        let template = ChatTemplate::from_source(&source, config.bos_token, config.eos_token, config.unk_token)
+            .with_context(|| file.display())?;
         Ok(Some(template))
     }
 
@@ -100,10 +95,7 @@ impl ChatTemplate {
             eos_token: self.eos_token.as_deref(),
             unk_token: self.unk_token.as_deref(),
         };
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| template_error(&e))?;
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_error(&e))?;
         template.render(context).map_err(|e| template_error(&e))
     }
 }
@@ -112,16 +104,14 @@ impl ChatTemplate {
 fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<(String, PathBuf)>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        let source = std::fs::read_to_string(&jinja)
-            .with_context(|| format!("reading {}", jinja.display()))?;
+        let source = std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?;
         return Ok(Some((source, jinja)));
     }
     let json_path = dir.join("chat_template.json");
     if json_path.is_file() {
-        let text = std::fs::read_to_string(&json_path)
-            .with_context(|| format!("reading {}", json_path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", json_path.display()))?;
+        let text = std::fs::read_to_string(&json_path).with_context(|| format!("reading {}", json_path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", json_path.display()))?;
         let Some(source) = json.get("chat_template").and_then(|t| t.as_str()) else {
             bail!("{}: no \"chat_template\" string", json_path.display());
         };
@@ -137,15 +127,9 @@ fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<(String, P
             let default = named
                 .iter()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"));
-            match default
-                .and_then(|t| t.get("template"))
-                .and_then(|t| t.as_str())
-            {
+            match default.and_then(|t| t.get("template")).and_then(|t| t.as_str()) {
                 Some(source) => Ok(Some((source.to_string(), config_path))),
-                None => bail!(
-                    "{}: chat_template lists no \"default\" template",
-                    config_path.display()
-                ),
+                None => bail!("{}: chat_template lists no \"default\" template", config_path.display()),
             }
         }
         _ => bail!(
@@ -285,8 +269,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
@@ -312,11 +295,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 /// transformers' `tojson`: `json.dumps(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 /// Unlike minijinja's built-in it does not HTML-escape, and it keeps Python's separators (`", "`, `": "`).
-fn tojson(
-    value: &Value,
-    indent: Option<Value>,
-    kwargs: Kwargs,
-) -> std::result::Result<Value, minijinja::Error> {
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
     let indent = match indent {
         Some(indent) => Some(indent),
         None => kwargs.get::<Option<Value>>("indent")?,
@@ -441,10 +420,7 @@ impl JsonStyle {
 mod tests {
     use super::*;
 
-    const FIXTURE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/tokenizer_tiny"
-    );
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer_tiny");
 
     fn expected() -> serde_json::Value {
         let text = std::fs::read_to_string(Path::new(FIXTURE).join("expected.json")).unwrap();
@@ -468,8 +444,7 @@ mod tests {
 
     /// A fresh empty folder under the system temp dir, unique to this test.
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("volt-chat-template-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("volt-chat-template-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -499,21 +474,11 @@ mod tests {
         let cases = exp["templates"].as_array().unwrap();
         assert!(!cases.is_empty());
         for case in cases {
-            let template =
-                ChatTemplate::from_source(case["template"].as_str().unwrap(), None, None, None)
-                    .unwrap();
+            let template = ChatTemplate::from_source(case["template"].as_str().unwrap(), None, None, None).unwrap();
             let rendered = template
-                .render(
-                    &conversation,
-                    case["add_generation_prompt"].as_bool().unwrap(),
-                )
+                .render(&conversation, case["add_generation_prompt"].as_bool().unwrap())
                 .unwrap();
-            assert_eq!(
-                rendered,
-                case["output"].as_str().unwrap(),
-                "template {}",
-                case["name"]
-            );
+            assert_eq!(rendered, case["output"].as_str().unwrap(), "template {}", case["name"]);
         }
     }
 
@@ -538,8 +503,13 @@ mod tests {
 
     #[test]
     fn special_tokens_and_context() {
-        let template =
-            ChatTemplate::from_source("{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ tools is none }}|{{ add_generation_prompt }}", Some("<s>".into()), Some("</s>".into()), None).unwrap();
+        let template = ChatTemplate::from_source(
+            "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ tools is none }}|{{ add_generation_prompt }}",
+            Some("<s>".into()),
+            Some("</s>".into()),
+            None,
+        )
+        .unwrap();
         // An unset special token is undefined (empty), as in transformers; booleans print the Python way.
         assert_eq!(template.render(&[], true).unwrap(), "<s>|</s>||True|True");
         assert_eq!(render("{{ none }}{{ false }}", &[]).unwrap(), "NoneFalse");
@@ -553,15 +523,15 @@ mod tests {
             r#"[{"role": "user", "content": "é<&>\"\u0001"}]"#
         );
         assert_eq!(
-            render("{{ messages[0] | tojson(ensure_ascii=true, sort_keys=true, separators=[',', ':']) }}", &[msg("user", "é🦀")]).unwrap(),
+            render(
+                "{{ messages[0] | tojson(ensure_ascii=true, sort_keys=true, separators=[',', ':']) }}",
+                &[msg("user", "é🦀")]
+            )
+            .unwrap(),
             r#"{"content":"\u00e9\ud83e\udd80","role":"user"}"#
         );
         assert_eq!(
-            render(
-                "{{ [] | tojson(indent=2) }}{{ {'a': {}} | tojson(2) }}",
-                &[]
-            )
-            .unwrap(),
+            render("{{ [] | tojson(indent=2) }}{{ {'a': {}} | tojson(2) }}", &[]).unwrap(),
             "[]{\n  \"a\": {}\n}"
         );
         assert!(render("{{ 1 | tojson(colour=1) }}", &[]).is_err());
@@ -571,10 +541,7 @@ mod tests {
     fn strftime_formats_utc_dates() {
         // 2023-11-14 22:13:20 UTC; checked against Python's datetime.strftime.
         assert_eq!(
-            strftime_utc(
-                1_700_000_000,
-                "%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %I %p %e|%-d %-m|%%"
-            ),
+            strftime_utc(1_700_000_000, "%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %I %p %e|%-d %-m|%%"),
             "2023-11-14 22:13:20 Tue Tuesday Nov November 318 23 10 PM 14|14 11|%"
         );
         assert_eq!(
@@ -586,10 +553,7 @@ mod tests {
             "1969-01-01 Wed 001 12 AM"
         );
         let year = render("{{ strftime_now('%Y') }}", &[]).unwrap();
-        assert!(
-            year.len() == 4 && year.parse::<u32>().unwrap() >= 2024,
-            "{year}"
-        );
+        assert!(year.len() == 4 && year.parse::<u32>().unwrap() >= 2024, "{year}");
     }
 
     #[test]

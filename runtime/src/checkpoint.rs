@@ -30,11 +30,7 @@ impl HostTensor {
         let n = self.shape.len();
         let (r, c) = (self.shape[n - 2], self.shape[n - 1]);
         let mut data = vec![0.0; self.data.len()];
-        for (src, dst) in self
-            .data
-            .chunks_exact(r * c)
-            .zip(data.chunks_exact_mut(r * c))
-        {
+        for (src, dst) in self.data.chunks_exact(r * c).zip(data.chunks_exact_mut(r * c)) {
             for i in 0..r {
                 for j in 0..c {
                     dst[j * r + i] = src[i * c + j];
@@ -86,10 +82,7 @@ impl Checkpoint {
         for path in files {
             let (shard, metadata) = open_shard(&path)?;
             for (name, info) in metadata.tensors() {
-                if tensors
-                    .insert(name.clone(), (shards.len(), info.clone()))
-                    .is_some()
-                {
+                if tensors.insert(name.clone(), (shards.len(), info.clone())).is_some() {
                     bail!(
                         "tensor `{name}` appears in more than one safetensors file ({})",
                         path.display()
@@ -106,9 +99,7 @@ impl Checkpoint {
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors
-            .get(name)
-            .map(|(_, info)| info.shape.as_slice())
+        self.tensors.get(name).map(|(_, info)| info.shape.as_slice())
     }
 
     /// Total bytes of the tensor data on disk.
@@ -130,11 +121,7 @@ impl Checkpoint {
     pub fn bytes(&self, name: &str, shape: &[usize]) -> Result<(Dtype, &[u8])> {
         let (shard, info) = self.info(name)?;
         if info.shape != shape {
-            bail!(
-                "tensor `{name}` has shape {:?}, expected {:?}",
-                info.shape,
-                shape
-            );
+            bail!("tensor `{name}` has shape {:?}, expected {:?}", info.shape, shape);
         }
         let (start, end) = info.data_offsets;
         Ok((
@@ -201,8 +188,7 @@ impl Checkpoint {
 }
 
 fn shard_files_from_index(index: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is malformed", index.display()))?;
     let Some(map) = value.get("weight_map").and_then(|m| m.as_object()) else {
@@ -215,10 +201,7 @@ fn shard_files_from_index(index: &Path) -> Result<Vec<String>> {
             bail!("{}: `{tensor}` maps to a non-string", index.display())
         };
         if file.contains('/') || file.contains('\\') {
-            bail!(
-                "{}: shard name `{file}` must be a plain file name",
-                index.display()
-            );
+            bail!("{}: shard name `{file}` must be a plain file name", index.display());
         }
         files.insert(file.to_string(), ());
     }
@@ -228,8 +211,7 @@ fn shard_files_from_index(index: &Path) -> Result<Vec<String>> {
 fn open_shard(path: &Path) -> Result<(Shard, Metadata)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the file is only read; a checkpoint modified while mapped is outside what we can defend against.
-    let mmap =
-        unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
     let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
         Error::msg(format!(
             "{} is not a valid safetensors file (truncated or corrupt): {e}",
@@ -248,11 +230,7 @@ fn open_shard(path: &Path) -> Result<(Shard, Metadata)> {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self
-            .shards
-            .iter()
-            .map(|s| s.path.display().to_string())
-            .collect();
+        let files: Vec<_> = self.shards.iter().map(|s| s.path.display().to_string()).collect();
         f.debug_struct("Checkpoint")
             .field("files", &files)
             .field("tensors", &self.tensors.len())

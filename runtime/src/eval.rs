@@ -19,17 +19,9 @@ pub struct Perplexity {
 
 /// Perplexity of `ids` with windows of `context` tokens moved by `stride`: each token is scored once, with
 /// as much left context as the window gives it (the transformers recipe for texts past the context).
-pub fn perplexity(
-    session: &mut dyn Session,
-    ids: &[u32],
-    context: usize,
-    stride: usize,
-) -> Result<Perplexity> {
+pub fn perplexity(session: &mut dyn Session, ids: &[u32], context: usize, stride: usize) -> Result<Perplexity> {
     if ids.len() < 2 {
-        bail!(
-            "the text has {} token(s); perplexity needs at least 2",
-            ids.len()
-        );
+        bail!("the text has {} token(s); perplexity needs at least 2", ids.len());
     }
     if context < 2 || stride == 0 || stride > context {
         bail!("perplexity needs a context of at least 2 and 1 <= stride <= context (got {context}, {stride})");
@@ -41,11 +33,7 @@ pub fn perplexity(
         let end = (begin + context).min(ids.len());
         let logits = prompt_logits(session, 0, &ids[begin..end])?;
         // Position t predicts ids[t + 1]; score the targets this window is the first to reach.
-        let first_target = if begin == 0 {
-            1
-        } else {
-            begin + context - stride
-        };
+        let first_target = if begin == 0 { 1 } else { begin + context - stride };
         for target in first_target.max(begin + 1)..end {
             nll -= log_softmax_at(&logits[target - 1 - begin], ids[target] as usize);
             scored += 1;

@@ -93,11 +93,7 @@ pub fn generate(
     session.reset(slot);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut stop = StopMatcher::new(
-        if opts.ignore_eos {
-            Vec::new()
-        } else {
-            eos_ids.to_vec()
-        },
+        if opts.ignore_eos { Vec::new() } else { eos_ids.to_vec() },
         opts.stop_strings.clone(),
     );
     let mut stream = tokenizer.map(TextStream::new);
@@ -183,11 +179,7 @@ fn rate(count: usize, secs: f64) -> f64 {
 
 /// End-of-sequence ids from everywhere a Hugging Face folder states them: config.json,
 /// generation_config.json and the tokenizer's eos token.
-pub fn eos_ids(
-    dir: &std::path::Path,
-    spec: &crate::spec::ModelSpec,
-    tokenizer: Option<&Tokenizer>,
-) -> Vec<u32> {
+pub fn eos_ids(dir: &std::path::Path, spec: &crate::spec::ModelSpec, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
     let mut ids = spec.eos_token_ids.clone();
     if let Ok(generation) = crate::hf_config::HfConfig::load(&dir.join("generation_config.json")) {
         ids.extend(generation.token_ids("eos_token_id").unwrap_or_default());

@@ -23,8 +23,7 @@ impl HfConfig {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         Self::parse(&text).context(file.display())
     }
 
@@ -56,10 +55,7 @@ impl HfConfig {
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         self.get(key)
-            .map(|v| {
-                as_usize(v)
-                    .ok_or_else(|| Error::msg(format!("`{key}` must be a non-negative integer")))
-            })
+            .map(|v| as_usize(v).ok_or_else(|| Error::msg(format!("`{key}` must be a non-negative integer"))))
             .transpose()
     }
 
@@ -116,9 +112,7 @@ impl HfConfig {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| {
-                    as_usize(v).ok_or_else(|| {
-                        Error::msg(format!("`{key}` must be a list of non-negative integers"))
-                    })
+                    as_usize(v).ok_or_else(|| Error::msg(format!("`{key}` must be a list of non-negative integers")))
                 })
                 .collect(),
             Some(_) => bail!("`{key}` must be a list"),
@@ -134,10 +128,7 @@ impl HfConfig {
             bail!("`layer_types` must be a list")
         };
         if items.len() != n_layers {
-            bail!(
-                "`layer_types` has {} entries for {n_layers} layers",
-                items.len()
-            );
+            bail!("`layer_types` has {} entries for {n_layers} layers", items.len());
         }
         items
             .iter()
@@ -186,9 +177,7 @@ impl HfConfig {
             (None, None) => None,
         };
         let theta = match params.and_then(|p| p.get("rope_theta")) {
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| Error::msg("`rope_theta` must be a number"))?,
+            Some(v) => v.as_f64().ok_or_else(|| Error::msg("`rope_theta` must be a number"))?,
             None => self.f64_or("rope_theta", default_theta)?,
         };
         let scaling = match scaling {
@@ -213,9 +202,8 @@ impl HfConfig {
                     .ok_or_else(|| Error::msg(format!("`{key}` must be a number"))),
             }
         };
-        let need = |key: &str| -> Result<f64> {
-            num(key)?.ok_or_else(|| Error::msg(format!("{kind} scaling needs `{key}`")))
-        };
+        let need =
+            |key: &str| -> Result<f64> { num(key)?.ok_or_else(|| Error::msg(format!("{kind} scaling needs `{key}`"))) };
         let original_max = || -> Result<f64> {
             match num("original_max_position_embeddings")? {
                 Some(v) => Ok(v),
@@ -257,11 +245,10 @@ impl HfConfig {
 
 fn as_usize(v: &Value) -> Option<usize> {
     match v {
-        Value::Number(n) => n.as_u64().map(|x| x as usize).or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                .map(|f| f as usize)
-        }),
+        Value::Number(n) => n
+            .as_u64()
+            .map(|x| x as usize)
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as usize)),
         _ => None,
     }
 }

@@ -104,13 +104,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// Runs one step and returns logits ([rows.len(), vocab]) for the listed rows of the step.
-    pub fn forward(
-        &self,
-        be: &mut B,
-        cache: &mut B::Cache,
-        step: &Step,
-        logit_rows: &[usize],
-    ) -> Result<B::Tensor> {
+    pub fn forward(&self, be: &mut B, cache: &mut B::Cache, step: &Step, logit_rows: &[usize]) -> Result<B::Tensor> {
         self.check_step(cache, step)?;
         be.begin_step(step)?;
         let eps = self.spec.rms_norm_eps;
@@ -152,13 +146,7 @@ impl<B: Backend> Model<B> {
             if let Some((k, _)) = kv.as_mut() {
                 be.apply_rope(k, &self.ropes[l], a.head_dim);
             }
-            let attn = be.attention(
-                cache,
-                a,
-                &q,
-                kv.as_ref().map(|(k, v)| (k, v)),
-                w.sinks.as_ref(),
-            );
+            let attn = be.attention(cache, a, &q, kv.as_ref().map(|(k, v)| (k, v)), w.sinks.as_ref());
             let attn = be.linear(&attn, &w.o, w.o_bias.as_ref()); // [T, hidden]
             be.add_assign(&mut x, &attn);
 
@@ -214,10 +202,7 @@ impl<B: Backend> Model<B> {
                 );
             }
             if seq >= cache.slots() {
-                bail!(
-                    "sequence slot {seq} is out of range ({} slots)",
-                    cache.slots()
-                );
+                bail!("sequence slot {seq} is out of range ({} slots)", cache.slots());
             }
             let expected = next.entry(seq).or_insert_with(|| cache.seq_len(seq));
             if pos != *expected {
@@ -254,9 +239,7 @@ fn upload_mlp<B: Backend>(be: &mut B, m: Mlp<Host>) -> Result<Mlp<B>> {
 
 fn upload_layer<B: Backend>(be: &mut B, l: Layer<Host>) -> Result<Layer<B>> {
     let a = l.attn;
-    let pair = |be: &mut B,
-                p: Option<(HostTensor, HostTensor)>|
-     -> Result<Option<(B::Vector, B::Vector)>> {
+    let pair = |be: &mut B, p: Option<(HostTensor, HostTensor)>| -> Result<Option<(B::Vector, B::Vector)>> {
         p.map(|(x, y)| Ok((be.upload_vector(x)?, be.upload_vector(y)?)))
             .transpose()
     };

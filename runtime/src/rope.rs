@@ -43,8 +43,7 @@ impl RopeTable {
                         } else if wavelen > low_freq_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old_ctx / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
+                            let smooth = (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -69,15 +68,12 @@ impl RopeTable {
                     }
                 };
                 let attention = attention_factor.unwrap_or(match (mscale, mscale_all_dim) {
-                    (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
-                        get_mscale(factor, m) / get_mscale(factor, all)
-                    }
+                    (Some(m), Some(all)) if m != 0.0 && all != 0.0 => get_mscale(factor, m) / get_mscale(factor, all),
                     _ => get_mscale(factor, 1.0),
                 });
                 let dim = head_dim as f64;
                 let correction_dim = |rotations: f64| {
-                    dim * (original_max_position_embeddings / (rotations * 2.0 * PI)).ln()
-                        / (2.0 * spec.theta.ln())
+                    dim * (original_max_position_embeddings / (rotations * 2.0 * PI)).ln() / (2.0 * spec.theta.ln())
                 };
                 let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
                 if truncate {
@@ -93,8 +89,7 @@ impl RopeTable {
                         let extrapolation_weight = 1.0 - ramp;
                         let extrapolated = 1.0 / base[i];
                         let interpolated = 1.0 / (factor * base[i]);
-                        interpolated * (1.0 - extrapolation_weight)
-                            + extrapolated * extrapolation_weight
+                        interpolated * (1.0 - extrapolation_weight) + extrapolated * extrapolation_weight
                     })
                     .collect();
                 (freqs, attention)

@@ -90,11 +90,7 @@ impl RoutingAccumulator {
     /// The statistics with experts split into `ep_groups` groups of `partitions` partitions each.
     pub fn stats(&self, ep_groups: usize, partitions: usize) -> Result<LayerStats> {
         let n = self.n_experts;
-        if ep_groups == 0
-            || partitions == 0
-            || n % ep_groups != 0
-            || (n / ep_groups) % partitions != 0
-        {
+        if ep_groups == 0 || partitions == 0 || n % ep_groups != 0 || (n / ep_groups) % partitions != 0 {
             bail!("{n} experts cannot be split into {ep_groups} EP groups of {partitions} equal partitions");
         }
         let tokens = self.argmax.len();
@@ -103,9 +99,7 @@ impl RoutingAccumulator {
         let group_size = n / ep_groups;
         let part_size = group_size / partitions;
         let in_range = |range: std::ops::Range<usize>| -> Vec<usize> {
-            (0..tokens)
-                .filter(|&t| range.contains(&self.argmax[t]))
-                .collect()
+            (0..tokens).filter(|&t| range.contains(&self.argmax[t])).collect()
         };
         let l_ep_groups = (0..ep_groups)
             .map(|g| {
@@ -125,13 +119,7 @@ impl RoutingAccumulator {
         let load = self
             .activated
             .iter()
-            .map(|&a| {
-                if tokens == 0 {
-                    0.0
-                } else {
-                    a as f64 / tokens as f64
-                }
-            })
+            .map(|&a| if tokens == 0 { 0.0 } else { a as f64 / tokens as f64 })
             .collect();
         Ok(LayerStats {
             tokens,

@@ -117,11 +117,7 @@ impl Sampler {
         self.candidates
             .extend(logits.iter().enumerate().map(|(id, &logit)| Candidate {
                 id: id as u32,
-                logit: if logit.is_nan() {
-                    f32::NEG_INFINITY
-                } else {
-                    logit
-                },
+                logit: if logit.is_nan() { f32::NEG_INFINITY } else { logit },
             }));
         self.apply_repeat_penalty(history);
         if self.params.temperature > 0.0 {
@@ -156,12 +152,10 @@ impl Sampler {
     /// top-k -> temperature -> softmax -> top-p -> min-p -> a weighted draw.
     fn draw(&mut self) -> u32 {
         // Most likely first; equal logits by id so that the order, and the draw, do not depend on the sort.
-        let by_likelihood =
-            |a: &Candidate, b: &Candidate| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id));
+        let by_likelihood = |a: &Candidate, b: &Candidate| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id));
         let top_k = self.params.top_k;
         if top_k > 0 && top_k < self.candidates.len() {
-            self.candidates
-                .select_nth_unstable_by(top_k - 1, by_likelihood);
+            self.candidates.select_nth_unstable_by(top_k - 1, by_likelihood);
             self.candidates.truncate(top_k);
         }
         self.candidates.sort_unstable_by(by_likelihood);
@@ -313,11 +307,7 @@ impl StopMatcher {
             .char_indices()
             .map(|(i, _)| i)
             .filter(|&i| i >= earliest)
-            .find(|&i| {
-                self.stop_strings
-                    .iter()
-                    .any(|s| s.starts_with(&self.held[i..]))
-            })
+            .find(|&i| self.stop_strings.iter().any(|s| s.starts_with(&self.held[i..])))
             .unwrap_or(self.held.len())
     }
 }
@@ -407,9 +397,7 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.1).collect();
         let run = |seed| {
             let mut s = sampler(unfiltered(seed));
-            (0..64)
-                .map(|_| s.sample(&logits, &[]))
-                .collect::<Vec<u32>>()
+            (0..64).map(|_| s.sample(&logits, &[])).collect::<Vec<u32>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -451,10 +439,7 @@ mod tests {
         });
         let counts = histogram(&mut s, &four_token_logits(), 10_000);
         assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
-        assert!(
-            (counts[0] as f64 / 10_000.0 - 0.625).abs() < 0.02,
-            "{counts:?}"
-        );
+        assert!((counts[0] as f64 / 10_000.0 - 0.625).abs() < 0.02, "{counts:?}");
     }
 
     #[test]

@@ -32,11 +32,7 @@ impl<B: Backend> BackendSession<B> {
     pub fn load(mut backend: B, dir: &Path, slots: usize) -> Result<Self> {
         let model = Model::load(&mut backend, dir)?;
         let cache = backend.new_cache(&model.spec, slots)?;
-        Ok(BackendSession {
-            backend,
-            model,
-            cache,
-        })
+        Ok(BackendSession { backend, model, cache })
     }
 
     pub fn cache(&self) -> &B::Cache {

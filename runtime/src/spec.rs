@@ -241,16 +241,10 @@ impl ModelSpec {
             if a.kv_source != i {
                 let src = &self.layers[a.kv_source].attn;
                 if src.kv_source != a.kv_source {
-                    bail!(
-                        "layer {i}: KV source {} itself reuses another layer's KV",
-                        a.kv_source
-                    );
+                    bail!("layer {i}: KV source {} itself reuses another layer's KV", a.kv_source);
                 }
                 if src.n_kv_heads != a.n_kv_heads || src.head_dim != a.head_dim {
-                    bail!(
-                        "layer {i}: KV shape differs from its source layer {}",
-                        a.kv_source
-                    );
+                    bail!("layer {i}: KV shape differs from its source layer {}", a.kv_source);
                 }
                 // The source keeps only what its own window needs; the reader cannot see further back.
                 let fits = match (src.window(), a.window()) {
@@ -277,9 +271,7 @@ impl ModelSpec {
                 } = m.router.selection
                 {
                     if !(p > 0.0 && p <= 1.0) || min_experts == 0 || min_experts > max_experts {
-                        bail!(
-                            "layer {i}: top-p routing needs 0 < p <= 1 and 1 <= min <= max experts"
-                        );
+                        bail!("layer {i}: top-p routing needs 0 < p <= 1 and 1 <= min <= max experts");
                     }
                 }
             }
@@ -327,14 +319,13 @@ impl ModelSpec {
                 FfnSpec::Moe(m) => {
                     let i = m.expert_intermediate as u64;
                     let per_expert = 3 * h * i + if m.expert_bias { 2 * i + h } else { 0 };
-                    let router =
-                        m.n_experts as u64 * h + if m.router.bias { m.n_experts as u64 } else { 0 };
-                    let shared = m.shared.as_ref().map_or(0, |s| {
-                        3 * h * s.intermediate as u64 + if s.gated { h } else { 0 }
-                    });
+                    let router = m.n_experts as u64 * h + if m.router.bias { m.n_experts as u64 } else { 0 };
+                    let shared = m
+                        .shared
+                        .as_ref()
+                        .map_or(0, |s| 3 * h * s.intermediate as u64 + if s.gated { h } else { 0 });
                     total += router + shared + m.n_experts as u64 * per_expert;
-                    active +=
-                        router + shared + m.router.selection.max_experts() as u64 * per_expert;
+                    active += router + shared + m.router.selection.max_experts() as u64 * per_expert;
                 }
             }
         }

@@ -22,12 +22,8 @@ impl Tokenizer {
             return Ok(None);
         }
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| {
-            Error::msg(format!(
-                "{}: not a valid tokenizer.json: {e}",
-                path.display()
-            ))
-        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::msg(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
         Ok(Some(Tokenizer {
             inner,
             config: TokenizerConfig::load(dir)?,
@@ -76,10 +72,7 @@ impl Tokenizer {
 
     /// The eos id(s) this tokenizer knows of (eos_token resolved to its id).
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.eos_token()
-            .and_then(|t| self.token_to_id(t))
-            .into_iter()
-            .collect()
+        self.eos_token().and_then(|t| self.token_to_id(t)).into_iter().collect()
     }
 }
 
@@ -100,10 +93,8 @@ impl TokenizerConfig {
         if !path.is_file() {
             return Ok(TokenizerConfig::default());
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let json: Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let token = |key: &str| special_token(&json, key).with_context(|| path.display());
         Ok(TokenizerConfig {
             bos_token: token("bos_token")?,
@@ -203,10 +194,7 @@ mod tests {
     use serde_json::json;
     use std::path::PathBuf;
 
-    const FIXTURE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/tokenizer_tiny"
-    );
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer_tiny");
 
     fn fixture() -> Tokenizer {
         Tokenizer::from_dir(Path::new(FIXTURE))
@@ -221,8 +209,7 @@ mod tests {
 
     /// A fresh empty folder under the system temp dir, unique to this test.
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("volt-tokenizer-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("volt-tokenizer-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -254,10 +241,7 @@ mod tests {
         for byte in 0..=255u32 {
             vocab.insert(format!("<0x{byte:02X}>"), json!(3 + byte));
         }
-        for (i, token) in ["▁", "▁Hello", "▁world", "!", "▁caf", "é"]
-            .iter()
-            .enumerate()
-        {
+        for (i, token) in ["▁", "▁Hello", "▁world", "!", "▁caf", "é"].iter().enumerate() {
             vocab.insert(token.to_string(), json!(259 + i));
         }
         let special = |id: u32, content: &str| {
@@ -287,7 +271,8 @@ mod tests {
                       "vocab": vocab, "merges": []}
         });
         std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-        let config = json!({"bos_token": {"content": "<s>", "special": true}, "eos_token": "</s>", "unk_token": "<unk>"});
+        let config =
+            json!({"bos_token": {"content": "<s>", "special": true}, "eos_token": "</s>", "unk_token": "<unk>"});
         std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
     }
 
@@ -346,10 +331,7 @@ mod tests {
         }
         // A byte-level BPE splits this emoji over several tokens: no piece may carry part of it.
         let crab = tok.encode("🦀", false).unwrap();
-        assert!(
-            crab.len() > 1,
-            "the test needs 🦀 split across tokens, got {crab:?}"
-        );
+        assert!(crab.len() > 1, "the test needs 🦀 split across tokens, got {crab:?}");
         let mut stream = TextStream::new(&tok);
         let pieces: Vec<String> = crab.iter().map(|&id| stream.push(id).unwrap()).collect();
         assert_eq!(pieces.concat(), "🦀");
@@ -380,10 +362,7 @@ mod tests {
         // The post-processor adds <s> only with add_special_tokens; without merges the text is split into
         // single characters, those outside the vocabulary into bytes, and it all comes back intact.
         let ids = tok.encode("Hello 🦀 café!", false).unwrap();
-        assert_eq!(
-            tok.encode("Hello 🦀 café!", true).unwrap(),
-            [&[1], &ids[..]].concat()
-        );
+        assert_eq!(tok.encode("Hello 🦀 café!", true).unwrap(), [&[1], &ids[..]].concat());
         assert!(ids.contains(&byte(0xF0)) && ids.contains(&bang), "{ids:?}");
         assert_eq!(tok.decode(&ids).unwrap(), "Hello 🦀 café!");
         assert_streams_like_decode(&tok, &ids);
@@ -422,15 +401,9 @@ mod tests {
         assert!(err.message().contains("tokenizer.json"), "{err}");
         assert!(!err.to_string().contains('\n'));
 
-        std::fs::copy(
-            Path::new(FIXTURE).join("tokenizer.json"),
-            dir.join("tokenizer.json"),
-        )
-        .unwrap();
+        std::fs::copy(Path::new(FIXTURE).join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
         std::fs::write(dir.join("tokenizer_config.json"), "{\"eos_token\": 7}").unwrap();
-        let err = Tokenizer::from_dir(&dir)
-            .err()
-            .expect("a numeric eos_token must fail");
+        let err = Tokenizer::from_dir(&dir).err().expect("a numeric eos_token must fail");
         assert!(
             err.message().contains("tokenizer_config.json") && err.message().contains("eos_token"),
             "{err}"

@@ -7,9 +7,7 @@ use super::{Backend, KvCache, LayerRouting, MoeExperts, Step, WeightDtype, Weigh
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
-use crate::spec::{
-    AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection,
-};
+use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
 
 /// Activations: `rows` tokens of `cols` values each.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,14 +49,8 @@ impl CpuBackend {
     fn round(&self, mut w: HostTensor) -> HostTensor {
         match self.dtype {
             WeightDtype::F32 => {}
-            WeightDtype::F16 => w
-                .data
-                .iter_mut()
-                .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
-            WeightDtype::Bf16 => w
-                .data
-                .iter_mut()
-                .for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
+            WeightDtype::F16 => w.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
+            WeightDtype::Bf16 => w.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
         }
         w
     }
@@ -108,10 +100,7 @@ impl CpuCache {
         self.layers
             .iter()
             .zip(&self.kv_dims)
-            .filter_map(|(l, d)| {
-                l.as_ref()
-                    .map(|seqs| seqs.iter().map(|s| s.k.len() / d).sum::<usize>())
-            })
+            .filter_map(|(l, d)| l.as_ref().map(|seqs| seqs.iter().map(|s| s.k.len() / d).sum::<usize>()))
             .sum()
     }
 }
@@ -313,19 +302,12 @@ impl Backend for CpuBackend {
         let h = table.shape[1];
         let mut out = CpuTensor::zeros(self.step.len(), h);
         for (r, &tok) in self.step.tokens.iter().enumerate() {
-            out.data[r * h..(r + 1) * h]
-                .copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
+            out.data[r * h..(r + 1) * h].copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
         }
         out
     }
 
-    fn rms_norm(
-        &mut self,
-        x: &CpuTensor,
-        weight: &HostTensor,
-        eps: f32,
-        group: usize,
-    ) -> CpuTensor {
+    fn rms_norm(&mut self, x: &CpuTensor, weight: &HostTensor, eps: f32, group: usize) -> CpuTensor {
         let mut out = x.clone();
         // The weight covers one group (per-head norms) or the whole row.
         let wlen = weight.data.len();
@@ -367,8 +349,7 @@ impl Backend for CpuBackend {
             .par_chunks_mut(cols)
             .zip(positions.par_iter())
             .for_each(|(row, &pos)| {
-                row.chunks_mut(head_dim)
-                    .for_each(|head| rope.rotate(head, pos));
+                row.chunks_mut(head_dim).for_each(|head| rope.rotate(head, pos));
             });
     }
 
@@ -404,9 +385,7 @@ impl Backend for CpuBackend {
                 let s = &seqs[step.seqs[r]];
                 let pos = step.positions[r];
                 // Visible keys: positions in (pos - window, pos], and only what the cache still holds.
-                let first = window
-                    .map_or(0, |w| (pos + 1).saturating_sub(w))
-                    .max(s.start);
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w)).max(s.start);
                 let (lo, hi) = (first - s.start, pos + 1 - s.start);
                 let mut scores = vec![0.0f32; hi - lo];
                 for h in 0..spec.n_heads {
@@ -417,11 +396,7 @@ impl Backend for CpuBackend {
                         *sc = dot(qh, krow) * spec.softmax_scale;
                     }
                     let sink = sinks.map(|s| s.data[h]);
-                    let max = scores
-                        .iter()
-                        .copied()
-                        .chain(sink)
-                        .fold(f32::NEG_INFINITY, f32::max);
+                    let max = scores.iter().copied().chain(sink).fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = sink.map_or(0.0, |s| (s - max).exp());
                     scores.iter_mut().for_each(|sc| {
                         *sc = (*sc - max).exp();
@@ -438,12 +413,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
-        let data = gate
-            .data
-            .iter()
-            .zip(&up.data)
-            .map(|(g, u)| silu(*g) * u)
-            .collect();
+        let data = gate.data.iter().zip(&up.data).map(|(g, u)| silu(*g) * u).collect();
         CpuTensor {
             rows: gate.rows,
             cols: gate.cols,
@@ -451,13 +421,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn moe(
-        &mut self,
-        x: &CpuTensor,
-        w: &MoeExperts<Self>,
-        spec: &MoeSpec,
-        layer: usize,
-    ) -> CpuTensor {
+    fn moe(&mut self, x: &CpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> CpuTensor {
         let h = x.cols;
         let i = spec.expert_intermediate;
         let logits = self.linear(x, &w.router, w.router_bias.as_ref());
@@ -491,8 +455,7 @@ impl Backend for CpuBackend {
                 }
             });
         if let Some(trace) = self.routing.as_mut() {
-            let (probs, chosen): (Vec<Vec<f32>>, Vec<Vec<(usize, f32)>>) =
-                routes.into_iter().unzip();
+            let (probs, chosen): (Vec<Vec<f32>>, Vec<Vec<(usize, f32)>>) = routes.into_iter().unzip();
             trace.push(LayerRouting {
                 layer,
                 n_experts: spec.n_experts,
@@ -505,13 +468,10 @@ impl Backend for CpuBackend {
 
     fn sigmoid_gate(&mut self, x: &mut CpuTensor, gate: &CpuTensor) {
         let cols = x.cols;
-        x.data
-            .chunks_mut(cols)
-            .zip(&gate.data)
-            .for_each(|(row, g)| {
-                let s = sigmoid(*g);
-                row.iter_mut().for_each(|v| *v *= s);
-            });
+        x.data.chunks_mut(cols).zip(&gate.data).for_each(|(row, g)| {
+            let s = sigmoid(*g);
+            row.iter_mut().for_each(|v| *v *= s);
+        });
     }
 
     fn add_assign(&mut self, x: &mut CpuTensor, y: &CpuTensor) {
@@ -519,10 +479,7 @@ impl Backend for CpuBackend {
     }
 
     fn select_rows(&mut self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
-        let data = rows
-            .iter()
-            .flat_map(|&r| x.row(r).iter().copied())
-            .collect();
+        let data = rows.iter().flat_map(|&r| x.row(r).iter().copied()).collect();
         CpuTensor {
             rows: rows.len(),
             cols: x.cols,
@@ -562,10 +519,6 @@ impl Backend for CpuBackend {
     }
 
     fn take_routing(&mut self) -> Result<Vec<LayerRouting>> {
-        Ok(self
-            .routing
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default())
+        Ok(self.routing.as_mut().map(std::mem::take).unwrap_or_default())
     }
 }

@@ -49,7 +49,9 @@ impl WeightDtype {
             "f32" => Ok(WeightDtype::F32),
             "f16" => Ok(WeightDtype::F16),
             "bf16" => Ok(WeightDtype::Bf16),
-            "fp8" => crate::bail!("--dtype fp8 is not available yet: FP8 weights arrive with the WGSL and CUDA backends"),
+            "fp8" => {
+                crate::bail!("--dtype fp8 is not available yet: FP8 weights arrive with the WGSL and CUDA backends")
+            }
             other => crate::bail!("unknown dtype `{other}` (expected f32, f16, bf16 or fp8)"),
         }
     }
@@ -106,20 +108,9 @@ pub trait Backend: WeightTypes + Sized {
     /// Rows of `table` ([vocab, hidden]) for the step's tokens.
     fn embed(&mut self, table: &Self::Matrix) -> Self::Tensor;
     /// RMSNorm over each group of `group` columns (the row width, or head_dim for per-head norms).
-    fn rms_norm(
-        &mut self,
-        x: &Self::Tensor,
-        weight: &Self::Vector,
-        eps: f32,
-        group: usize,
-    ) -> Self::Tensor;
+    fn rms_norm(&mut self, x: &Self::Tensor, weight: &Self::Vector, eps: f32, group: usize) -> Self::Tensor;
     /// x · Wᵀ + bias.
-    fn linear(
-        &mut self,
-        x: &Self::Tensor,
-        w: &Self::Matrix,
-        bias: Option<&Self::Vector>,
-    ) -> Self::Tensor;
+    fn linear(&mut self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Self::Tensor;
     fn clamp(&mut self, x: &mut Self::Tensor, limit: f32);
     /// Rotates every head_dim slice of x for its token's position.
     fn apply_rope(&mut self, x: &mut Self::Tensor, rope: &Self::Rope, head_dim: usize);
@@ -137,13 +128,7 @@ pub trait Backend: WeightTypes + Sized {
     fn swiglu(&mut self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// Routes each row to its experts on the backend and returns the weighted sum of their outputs.
     /// `layer` labels the routing trace.
-    fn moe(
-        &mut self,
-        x: &Self::Tensor,
-        weights: &MoeExperts<Self>,
-        spec: &MoeSpec,
-        layer: usize,
-    ) -> Self::Tensor;
+    fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Self::Tensor;
     /// x[row] *= sigmoid(gate[row]) for a one-column gate.
     fn sigmoid_gate(&mut self, x: &mut Self::Tensor, gate: &Self::Tensor);
     fn add_assign(&mut self, x: &mut Self::Tensor, y: &Self::Tensor);

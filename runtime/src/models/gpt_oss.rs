@@ -15,8 +15,7 @@ use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::{Layer, Moe};
 use crate::spec::{
-    ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring,
-    Selection,
+    ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection,
 };
 
 pub struct GptOss;
@@ -89,10 +88,8 @@ impl Family for GptOss {
                 )
             } else {
                 (
-                    ck.f32(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?
-                        .transpose_last2(),
-                    ck.f32(&format!("{x}.down_proj"), &[e, i, h])?
-                        .transpose_last2(),
+                    ck.f32(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?.transpose_last2(),
+                    ck.f32(&format!("{x}.down_proj"), &[e, i, h])?.transpose_last2(),
                 )
             };
             let (gate, up) = deinterleave(&gate_up, e, i, h);
@@ -124,8 +121,5 @@ fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> (HostTensor, Ho
         gate.extend_from_slice(&pair[..w]);
         up.extend_from_slice(&pair[w..]);
     }
-    (
-        HostTensor::new(vec![e, i, w], gate),
-        HostTensor::new(vec![e, i, w], up),
-    )
+    (HostTensor::new(vec![e, i, w], gate), HostTensor::new(vec![e, i, w], up))
 }

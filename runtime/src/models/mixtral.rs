@@ -5,15 +5,13 @@
 //! `block_sparse_moe.experts.{e}.w1` (gate), `w3` (up), `w2` (down). transformers v5 renames them to
 //! `mlp.gate` and fused `mlp.experts.gate_up_proj` / `down_proj`; both load.
 
-use super::{
-    llama_layer, plain_moe, sliding_windows, softmax_topk, Dims, Family, EXPERT_COUNT_KEYS,
-};
+use super::{llama_layer, plain_moe, routed_moe_layer, sliding_windows, softmax_topk_moe, Dims, Family};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::{Layer, Moe};
-use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec};
+use crate::spec::{FfnSpec, LayerSpec, ModelSpec};
 
 pub struct Mixtral;
 
@@ -24,19 +22,12 @@ impl Family for Mixtral {
             ..Dims::from_config(cfg)?
         };
         let windows = sliding_windows(cfg, d.n_layers, |_| true)?;
+        let moe = softmax_topk_moe(cfg, "intermediate_size", true)?;
         let layers = (0..d.n_layers)
             .map(|l| {
-                let ffn = FfnSpec::Moe(MoeSpec {
-                    n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
-                    expert_intermediate: cfg.usize("intermediate_size")?,
-                    router: softmax_topk(cfg.usize("num_experts_per_tok")?, true),
-                    activation: ExpertActivation::SwiGlu,
-                    expert_bias: false,
-                    shared: None,
-                });
                 Ok(LayerSpec {
                     attn: d.attention(cfg, l, windows[l])?,
-                    ffn,
+                    ffn: FfnSpec::Moe(moe.clone()),
                 })
             })
             .collect::<Result<_>>()?;
@@ -45,20 +36,11 @@ impl Family for Mixtral {
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
         let hub = format!("model.layers.{l}.block_sparse_moe");
-        let v5 = format!("model.layers.{l}.mlp");
+        if !ck.has(&format!("{hub}.gate.weight")) {
+            return routed_moe_layer(ck, spec, l);
+        }
         llama_layer(ck, spec, l, |m| {
-            let experts = if ck.has(&format!("{hub}.gate.weight")) {
-                plain_moe(ck, &hub, "gate", ["w1", "w3", "w2"], m, spec.hidden_size)?
-            } else {
-                plain_moe(
-                    ck,
-                    &v5,
-                    "gate",
-                    ["gate_proj", "up_proj", "down_proj"],
-                    m,
-                    spec.hidden_size,
-                )?
-            };
+            let experts = plain_moe(ck, &hub, "gate", ["w1", "w3", "w2"], m, spec.hidden_size)?;
             Ok(Moe {
                 experts,
                 shared: None,

@@ -18,7 +18,7 @@ use crate::error::{Result, ResultExt};
 use crate::hf_config::HfConfig;
 use crate::model::{Attention, Ffn, Globals, Layer, Mlp, Moe};
 use crate::spec::{
-    AttnKind, AttnSpec, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RouterOrder, RouterSpec,
+    AttnKind, AttnSpec, ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RouterOrder, RouterSpec,
     Scoring, Selection,
 };
 
@@ -58,10 +58,7 @@ pub fn family_of(cfg: &HfConfig) -> Result<&'static dyn Family> {
         "mixtral" => &mixtral::Mixtral,
         "gpt_oss" => &gpt_oss::GptOss,
         "volt" => &volt::Volt,
-        other => bail!(
-            "unknown architecture `{other}` (supported: {})",
-            SUPPORTED.join(", ")
-        ),
+        other => bail!("unknown architecture `{other}` (supported: {})", SUPPORTED.join(", ")),
     })
 }
 
@@ -96,12 +93,7 @@ impl Dims {
     }
 
     /// The spec around the layers, from the keys all families share.
-    pub fn model_spec(
-        &self,
-        cfg: &HfConfig,
-        default_eps: f64,
-        layers: Vec<LayerSpec>,
-    ) -> Result<ModelSpec> {
+    pub fn model_spec(&self, cfg: &HfConfig, default_eps: f64, layers: Vec<LayerSpec>) -> Result<ModelSpec> {
         Ok(ModelSpec {
             family: cfg.opt_str("model_type")?.unwrap_or_default().to_string(),
             vocab_size: self.vocab,
@@ -154,10 +146,7 @@ pub fn sliding_windows(
     if window.is_none() && slides.iter().any(|&s| s) && cfg.has("layer_types") {
         bail!("`layer_types` has sliding layers but `sliding_window` is not set");
     }
-    Ok(slides
-        .into_iter()
-        .map(|s| if s { window } else { None })
-        .collect())
+    Ok(slides.into_iter().map(|s| if s { window } else { None }).collect())
 }
 
 /// `model.embed_tokens`, `model.norm`, `lm_head` (absent when tied).
@@ -217,11 +206,7 @@ pub fn llama_attention(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<At
             .o_bias
             .then(|| ck.f32(&format!("{p}.o_proj.bias"), &[h]))
             .transpose()?,
-        q_norm: if a.qk_norm == QkNorm::None {
-            None
-        } else {
-            q_norm
-        },
+        q_norm: if a.qk_norm == QkNorm::None { None } else { q_norm },
         k_norm: if owns_kv { k_norm } else { None },
         sinks: a
             .sinks
@@ -240,42 +225,25 @@ pub fn llama_layer(
 ) -> Result<Layer<Host>> {
     let h = spec.hidden_size;
     let ffn = match &spec.layers[l].ffn {
-        FfnSpec::Dense { intermediate } => Ffn::Dense(swiglu_mlp(
-            ck,
-            &format!("model.layers.{l}.mlp"),
-            h,
-            *intermediate,
-        )?),
+        FfnSpec::Dense { intermediate } => {
+            Ffn::Dense(swiglu_mlp(ck, &format!("model.layers.{l}.mlp"), h, *intermediate)?)
+        }
         FfnSpec::Moe(m) => Ffn::Moe(Box::new(moe(m)?)),
     };
     Ok(Layer {
         input_norm: ck.f32(&format!("model.layers.{l}.input_layernorm.weight"), &[h])?,
-        post_attention_norm: ck.f32(
-            &format!("model.layers.{l}.post_attention_layernorm.weight"),
-            &[h],
-        )?,
+        post_attention_norm: ck.f32(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h])?,
         attn: llama_attention(ck, spec, l)?,
         ffn,
     })
 }
 
 /// A SwiGLU MLP at `{prefix}.{gate,up,down}_proj.weight`.
-pub fn swiglu_mlp(
-    ck: &Checkpoint,
-    prefix: &str,
-    hidden: usize,
-    intermediate: usize,
-) -> Result<Mlp<Host>> {
+pub fn swiglu_mlp(ck: &Checkpoint, prefix: &str, hidden: usize, intermediate: usize) -> Result<Mlp<Host>> {
     Ok(Mlp {
-        gate: ck.f32(
-            &format!("{prefix}.gate_proj.weight"),
-            &[intermediate, hidden],
-        )?,
+        gate: ck.f32(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
         up: ck.f32(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
-        down: ck.f32(
-            &format!("{prefix}.down_proj.weight"),
-            &[hidden, intermediate],
-        )?,
+        down: ck.f32(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
     })
 }
 
@@ -301,24 +269,14 @@ pub fn routed_experts(
             gate.extend_from_slice(&e[..inter * hidden]);
             up.extend_from_slice(&e[inter * hidden..]);
         }
-        let down = ck.f32(
-            &format!("{prefix}.experts.down_proj"),
-            &[n_experts, hidden, inter],
-        )?;
+        let down = ck.f32(&format!("{prefix}.experts.down_proj"), &[n_experts, hidden, inter])?;
         let shape = vec![n_experts, inter, hidden];
-        return Ok((
-            HostTensor::new(shape.clone(), gate),
-            HostTensor::new(shape, up),
-            down,
-        ));
+        return Ok((HostTensor::new(shape.clone(), gate), HostTensor::new(shape, up), down));
     }
     let stack = |name: &str, shape: [usize; 2]| -> Result<HostTensor> {
         let mut data = Vec::with_capacity(n_experts * shape[0] * shape[1]);
         for e in 0..n_experts {
-            data.extend(
-                ck.f32(&format!("{prefix}.experts.{e}.{name}.weight"), &shape)?
-                    .data,
-            );
+            data.extend(ck.f32(&format!("{prefix}.experts.{e}.{name}.weight"), &shape)?.data);
         }
         Ok(HostTensor::new(vec![n_experts, shape[0], shape[1]], data))
     };
@@ -364,6 +322,63 @@ pub fn qwen_moe_layers(cfg: &HfConfig, n_layers: usize) -> Result<Vec<bool>> {
     Ok((0..n_layers)
         .map(|l| has_experts && !dense.contains(&l) && (l + 1) % step == 0)
         .collect())
+}
+
+/// Tensor names of one expert's SwiGLU in the Qwen/OLMoE convention.
+pub const QWEN_EXPERT_NAMES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Routed SwiGLU experts with softmax top-k routing and no shared experts: Qwen3-MoE, OLMoE, Mixtral.
+/// `expert_size_key` names the per-expert intermediate size.
+pub fn softmax_topk_moe(cfg: &HfConfig, expert_size_key: &str, renormalize: bool) -> Result<MoeSpec> {
+    Ok(MoeSpec {
+        n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
+        expert_intermediate: cfg.usize(expert_size_key)?,
+        router: softmax_topk(cfg.usize("num_experts_per_tok")?, renormalize),
+        activation: ExpertActivation::SwiGlu,
+        expert_bias: false,
+        shared: None,
+    })
+}
+
+/// A llama-style layer whose MoE holds only routed experts at `mlp.gate` / `mlp.experts.{e}.*_proj`.
+pub fn routed_moe_layer(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
+    let p = format!("model.layers.{l}.mlp");
+    llama_layer(ck, spec, l, |m| {
+        let experts = plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, spec.hidden_size)?;
+        Ok(Moe {
+            experts,
+            shared: None,
+            shared_gate: None,
+        })
+    })
+}
+
+/// A llama-style dense layer.
+pub fn dense_layer(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
+    llama_layer(ck, spec, l, |_| {
+        bail!("layer {l} is dense but the spec asks for experts")
+    })
+}
+
+/// The spec of a dense family: SwiGLU of `intermediate_size` everywhere, the given windows, and the
+/// family's attention options set by `adjust`.
+pub fn dense_spec(cfg: &HfConfig, windows: &[Option<usize>], adjust: impl Fn(&mut AttnSpec)) -> Result<ModelSpec> {
+    let d = Dims::from_config(cfg)?;
+    if windows.len() != d.n_layers {
+        bail!("{} windows for {} layers", windows.len(), d.n_layers);
+    }
+    let intermediate = cfg.usize("intermediate_size")?;
+    let layers = (0..d.n_layers)
+        .map(|l| {
+            let mut attn = d.attention(cfg, l, windows[l])?;
+            adjust(&mut attn);
+            Ok(LayerSpec {
+                attn,
+                ffn: FfnSpec::Dense { intermediate },
+            })
+        })
+        .collect::<Result<_>>()?;
+    d.model_spec(cfg, 1e-6, layers)
 }
 
 /// Softmax routing over all experts, top-k, renormalised or not: Qwen, OLMoE, Mixtral.

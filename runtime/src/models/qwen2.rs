@@ -1,19 +1,19 @@
 //! Qwen2 (`qwen2`): dense SwiGLU, biases on q/k/v only. With `use_sliding_window`, layers from
 //! `max_window_layers` on slide (or as `layer_types` lists them).
 
-use super::{llama_layer, sliding_windows, Dims, Family};
+use super::{dense_layer, dense_spec, sliding_windows, Family};
 use crate::backend::Host;
-use crate::bail;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::Layer;
-use crate::spec::{FfnSpec, LayerSpec, ModelSpec};
+use crate::spec::ModelSpec;
 
 pub struct Qwen2;
 
 /// Qwen2/Qwen3 dense: sliding only when `use_sliding_window`, for layers at or past `max_window_layers`.
-pub fn qwen_dense_windows(cfg: &HfConfig, n_layers: usize) -> Result<Vec<Option<usize>>> {
+pub fn qwen_dense_windows(cfg: &HfConfig) -> Result<Vec<Option<usize>>> {
+    let n_layers = cfg.usize("num_hidden_layers")?;
     if !cfg.bool_or("use_sliding_window", false)? {
         return Ok(vec![None; n_layers]);
     }
@@ -23,23 +23,10 @@ pub fn qwen_dense_windows(cfg: &HfConfig, n_layers: usize) -> Result<Vec<Option<
 
 impl Family for Qwen2 {
     fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec> {
-        let d = Dims::from_config(cfg)?;
-        let intermediate = cfg.usize("intermediate_size")?;
-        let windows = qwen_dense_windows(cfg, d.n_layers)?;
-        let layers = (0..d.n_layers)
-            .map(|l| {
-                let mut attn = d.attention(cfg, l, windows[l])?;
-                attn.qkv_bias = true;
-                Ok(LayerSpec {
-                    attn,
-                    ffn: FfnSpec::Dense { intermediate },
-                })
-            })
-            .collect::<Result<_>>()?;
-        d.model_spec(cfg, 1e-6, layers)
+        dense_spec(cfg, &qwen_dense_windows(cfg)?, |attn| attn.qkv_bias = true)
     }
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
-        llama_layer(ck, spec, l, |_| bail!("qwen2 layers have no experts"))
+        dense_layer(ck, spec, l)
     }
 }

@@ -6,15 +6,15 @@
 //! (or fused `experts.gate_up_proj`); `shared_expert.{gate,up,down}_proj.weight`; `shared_expert_gate.weight` [1, H].
 
 use super::{
-    llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, swiglu_mlp, Dims,
-    Family, EXPERT_COUNT_KEYS,
+    llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk_moe, swiglu_mlp, Dims, Family,
+    QWEN_EXPERT_NAMES,
 };
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::{Layer, Moe};
-use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, SharedExperts};
+use crate::spec::{FfnSpec, LayerSpec, ModelSpec, SharedExperts};
 
 pub struct Qwen2Moe;
 
@@ -23,27 +23,10 @@ impl Family for Qwen2Moe {
         let d = Dims::from_config(cfg)?;
         let moe_layers = qwen_moe_layers(cfg, d.n_layers)?;
         let shared = cfg.usize_or("shared_expert_intermediate_size", 0)?;
-        let moe = |_: usize| -> Result<MoeSpec> {
-            Ok(MoeSpec {
-                n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
-                expert_intermediate: cfg.usize("moe_intermediate_size")?,
-                router: softmax_topk(
-                    cfg.usize("num_experts_per_tok")?,
-                    cfg.bool_or("norm_topk_prob", false)?,
-                ),
-                activation: ExpertActivation::SwiGlu,
-                expert_bias: false,
-                shared: (shared > 0).then_some(SharedExperts {
-                    intermediate: shared,
-                    count: 1,
-                    gated: true,
-                }),
-            })
-        };
-        // transformers' Qwen2-MoE rule: odd-numbered (1-based) layers below `max_window_layers` slide.
+        // transformers' Qwen2-MoE rule: even-numbered layers below `max_window_layers` slide.
         let windows = if cfg.bool_or("use_sliding_window", false)? {
             let below = cfg.usize_or("max_window_layers", d.n_layers)?;
-            sliding_windows(cfg, d.n_layers, |l| (l + 1) % 2 == 1 && l < below)?
+            sliding_windows(cfg, d.n_layers, |l| l % 2 == 0 && l < below)?
         } else {
             vec![None; d.n_layers]
         };
@@ -52,7 +35,14 @@ impl Family for Qwen2Moe {
                 let mut attn = d.attention(cfg, l, windows[l])?;
                 attn.qkv_bias = cfg.bool_or("qkv_bias", true)?;
                 let ffn = if moe_layers[l] {
-                    FfnSpec::Moe(moe(l)?)
+                    let mut moe =
+                        softmax_topk_moe(cfg, "moe_intermediate_size", cfg.bool_or("norm_topk_prob", false)?)?;
+                    moe.shared = (shared > 0).then_some(SharedExperts {
+                        intermediate: shared,
+                        count: 1,
+                        gated: true,
+                    });
+                    FfnSpec::Moe(moe)
                 } else {
                     FfnSpec::Dense {
                         intermediate: cfg.usize("intermediate_size")?,
@@ -79,7 +69,7 @@ impl Family for Qwen2Moe {
                 None
             };
             Ok(Moe {
-                experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?,
+                experts: plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, h)?,
                 shared,
                 shared_gate,
             })

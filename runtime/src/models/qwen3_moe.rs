@@ -2,16 +2,13 @@
 //! top-k routing renormalised iff `norm_topk_prob`; no shared expert. `sliding_window` (when
 //! `use_sliding_window`) applies to every layer.
 
-use super::{
-    llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk, Dims, Family,
-    EXPERT_COUNT_KEYS,
-};
+use super::{qwen_moe_layers, routed_moe_layer, sliding_windows, softmax_topk_moe, Dims, Family};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
-use crate::model::{Layer, Moe};
-use crate::spec::{ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm};
+use crate::model::Layer;
+use crate::spec::{FfnSpec, LayerSpec, ModelSpec, QkNorm};
 
 pub struct Qwen3Moe;
 
@@ -32,17 +29,11 @@ impl Family for Qwen3Moe {
                 attn.o_bias = bias;
                 attn.qk_norm = QkNorm::PerHead;
                 let ffn = if moe_layers[l] {
-                    FfnSpec::Moe(MoeSpec {
-                        n_experts: cfg.usize_any(EXPERT_COUNT_KEYS)?,
-                        expert_intermediate: cfg.usize("moe_intermediate_size")?,
-                        router: softmax_topk(
-                            cfg.usize("num_experts_per_tok")?,
-                            cfg.bool_or("norm_topk_prob", false)?,
-                        ),
-                        activation: ExpertActivation::SwiGlu,
-                        expert_bias: false,
-                        shared: None,
-                    })
+                    FfnSpec::Moe(softmax_topk_moe(
+                        cfg,
+                        "moe_intermediate_size",
+                        cfg.bool_or("norm_topk_prob", false)?,
+                    )?)
                 } else {
                     FfnSpec::Dense {
                         intermediate: cfg.usize("intermediate_size")?,
@@ -55,20 +46,6 @@ impl Family for Qwen3Moe {
     }
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
-        let p = format!("model.layers.{l}.mlp");
-        llama_layer(ck, spec, l, |m| {
-            Ok(Moe {
-                experts: plain_moe(
-                    ck,
-                    &p,
-                    "gate",
-                    ["gate_proj", "up_proj", "down_proj"],
-                    m,
-                    spec.hidden_size,
-                )?,
-                shared: None,
-                shared_gate: None,
-            })
-        })
+        routed_moe_layer(ck, spec, l)
     }
 }

@@ -6,7 +6,7 @@
 //! Tensors under `model.layers.{l}.mlp` of MoE layers: `gate.weight` [E, H]; `experts.{e}.{gate,up,down}_proj`;
 //! `shared_experts.{gate,up,down}_proj` [n_shared*I, H] / [H, n_shared*I].
 
-use super::{llama_layer, plain_moe, swiglu_mlp, Dims, Family};
+use super::{llama_layer, plain_moe, swiglu_mlp, Dims, Family, QWEN_EXPERT_NAMES};
 use crate::backend::Host;
 use crate::bail;
 use crate::checkpoint::Checkpoint;
@@ -14,8 +14,8 @@ use crate::error::Result;
 use crate::hf_config::HfConfig;
 use crate::model::{Layer, Moe};
 use crate::spec::{
-    ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring,
-    Selection, SharedExperts,
+    ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection,
+    SharedExperts,
 };
 
 pub struct Volt;
@@ -64,7 +64,7 @@ impl Family for Volt {
                 .map(|s| swiglu_mlp(ck, &format!("{p}.shared_experts"), h, s.intermediate))
                 .transpose()?;
             Ok(Moe {
-                experts: plain_moe(ck, &p, "gate", ["gate_proj", "up_proj", "down_proj"], m, h)?,
+                experts: plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, h)?,
                 shared,
                 shared_gate: None,
             })
@@ -106,8 +106,7 @@ fn moe_spec(cfg: &HfConfig) -> Result<MoeSpec> {
         "top_p" => Selection::TopP {
             p: cfg
                 .opt_f64("router_top_p")?
-                .ok_or_else(|| crate::Error::msg("top-p routing needs `router_top_p`"))?
-                as f32,
+                .ok_or_else(|| crate::Error::msg("top-p routing needs `router_top_p`"))? as f32,
             min_experts: cfg.usize_or("router_min_experts", 1)?,
             max_experts: cfg.usize_or("router_max_experts", n_experts)?,
         },
