@@ -32,16 +32,10 @@ fn scratch_copy(name: &str, tag: &str) -> PathBuf {
 /// Fails unless the command failed with exactly one `error: ...` line mentioning `needle`.
 fn assert_clean_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(
-        lines[0].starts_with("error: "),
-        "not an error line: {stderr}"
-    );
+    assert!(lines[0].starts_with("error: "), "not an error line: {stderr}");
     assert!(
         !stderr.contains("panicked") && !stderr.contains("internal error"),
         "panic: {stderr}"
@@ -54,11 +48,7 @@ fn assert_clean_error(out: &Output, needle: &str) {
 
 fn json_stdout(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(stdout.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
 }
@@ -83,15 +73,11 @@ fn logits_prints_one_json_row_per_position() {
     );
     let rows = v["logits"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
-    let vocab = serde_json::from_str::<serde_json::Value>(
-        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
-    )
-    .unwrap()["vocab_size"]
+    let vocab = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+        .unwrap()["vocab_size"]
         .as_u64()
         .unwrap();
-    assert!(rows
-        .iter()
-        .all(|r| r.as_array().unwrap().len() as u64 == vocab));
+    assert!(rows.iter().all(|r| r.as_array().unwrap().len() as u64 == vocab));
 }
 
 #[test]
@@ -118,9 +104,7 @@ fn generate_json_is_deterministic_at_temperature_zero() {
     assert_eq!(a["tokens"].as_array().unwrap().len(), 6);
     assert_eq!(a["prompt_tokens"], 4);
     assert!(a["text"].is_null(), "no tokenizer, so text is null");
-    assert!(
-        a["prefill_tok_s"].as_f64().unwrap() > 0.0 && a["decode_tok_s"].as_f64().unwrap() > 0.0
-    );
+    assert!(a["prefill_tok_s"].as_f64().unwrap() > 0.0 && a["decode_tok_s"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -153,11 +137,7 @@ fn info_reports_layers_and_kv_for_every_fixture_and_a_config_alone() {
                     "shared_experts",
                     "top_k",
                 ] {
-                    assert!(
-                        l.get(key).is_some(),
-                        "{}: layer {i} lacks {key}",
-                        dir.display()
-                    );
+                    assert!(l.get(key).is_some(), "{}: layer {i} lacks {key}", dir.display());
                 }
                 assert!(l["kv_source"].as_u64().unwrap() <= i as u64);
             }
@@ -167,10 +147,7 @@ fn info_reports_layers_and_kv_for_every_fixture_and_a_config_alone() {
                 v["kv_bytes"].as_f64().unwrap(),
                 v["kv_bytes_baseline"].as_f64().unwrap(),
             );
-            assert!(
-                kv <= base
-                    && (v["kv_reduction"].as_f64().unwrap() - (1.0 - kv / base)).abs() < 1e-12
-            );
+            assert!(kv <= base && (v["kv_reduction"].as_f64().unwrap() - (1.0 - kv / base)).abs() < 1e-12);
         }
         seen += 1;
     }
@@ -293,10 +270,7 @@ fn malformed_config_is_a_clean_error() {
         "{\"model_type\": \"llama\", \"hidden_size\": \"wide\"}",
     )
     .unwrap();
-    assert_clean_error(
-        &volt(&["info", "--model", dir.to_str().unwrap()]),
-        "hidden_size",
-    );
+    assert_clean_error(&volt(&["info", "--model", dir.to_str().unwrap()]), "hidden_size");
 }
 
 #[test]

@@ -62,13 +62,7 @@ fn expected(dir: &Path) -> Expected {
 fn max_abs_diff(expected: &[Vec<f32>], got: &[Vec<f32>]) -> (f32, usize, usize) {
     let mut worst = (0.0f32, 0, 0);
     for (p, (e, g)) in expected.iter().zip(got).enumerate() {
-        assert_eq!(
-            e.len(),
-            g.len(),
-            "position {p}: vocab {} vs {}",
-            e.len(),
-            g.len()
-        );
+        assert_eq!(e.len(), g.len(), "position {p}: vocab {} vs {}", e.len(), g.len());
         for (i, (a, b)) in e.iter().zip(g).enumerate() {
             let d = (a - b).abs();
             if d > worst.0 || d.is_nan() {
@@ -105,8 +99,7 @@ fn check(dir: &Path) -> Result<String, String> {
         stop_strings: vec![],
         ignore_eos: true,
     };
-    let out = generate(&mut session, 0, &exp.ids, None, &[], &opts, |_| {})
-        .map_err(|e| format!("{name}: {e}"))?;
+    let out = generate(&mut session, 0, &exp.ids, None, &[], &opts, |_| {}).map_err(|e| format!("{name}: {e}"))?;
     if out.tokens != exp.greedy {
         return Err(format!(
             "{name}: greedy tokens {:?}, expected {:?}",
@@ -220,8 +213,11 @@ fn kv_cache_keeps_only_what_the_spec_needs() {
 fn routing_matches_the_reference_expert_for_expert() {
     let mut checked = 0;
     for dir in fixtures() {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        let Some(routing) = v.get("routing").and_then(|r| r.as_object()) else { continue };
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let Some(routing) = v.get("routing").and_then(|r| r.as_object()) else {
+            continue;
+        };
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let exp = expected(&dir);
         let mut s = BackendSession::load(CpuBackend::new(WeightDtype::F32), &dir, 1).unwrap();
@@ -235,11 +231,20 @@ fn routing_matches_the_reference_expert_for_expert() {
             for (pos, chosen) in t.chosen.iter().enumerate() {
                 let mut got: Vec<u64> = chosen.iter().map(|c| c.0 as u64).collect();
                 got.sort();
-                let want: Vec<u64> = want[pos].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+                let want: Vec<u64> = want[pos]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .collect();
                 assert_eq!(got, want, "{name}: layer {} position {pos} experts", t.layer);
                 for (e, p) in want_probs[pos].as_array().unwrap().iter().enumerate() {
                     let (p, g) = (p.as_f64().unwrap() as f32, t.probs[pos * t.n_experts + e]);
-                    assert!((p - g).abs() < 1e-4, "{name}: layer {} position {pos} expert {e}: expected {p}, got {g}", t.layer);
+                    assert!(
+                        (p - g).abs() < 1e-4,
+                        "{name}: layer {} position {pos} expert {e}: expected {p}, got {g}",
+                        t.layer
+                    );
                 }
             }
         }

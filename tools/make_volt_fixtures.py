@@ -64,7 +64,7 @@ FIXTURES = {
     # < 20-token prompt, top-p routing with min/max clamps, a shared expert, a leading dense
     # layer, GQA 2:1, untied lm_head, f32.
     "volt": dict(
-        storage="float32", seed=1000, router_gain=(0.6, 2.0),
+        storage="float32", seed=1000, router_gain=(0.6, 2.6),
         config=dict(
             vocab_size=128, hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, rope_theta=1000000.0,
@@ -72,7 +72,7 @@ FIXTURES = {
             sliding_window=5, sliding_layers_per_block=3, kv_sharing_group=2,
             first_k_dense_layers=1, intermediate_size=64,
             n_routed_experts=8, moe_intermediate_size=8, n_shared_experts=1,
-            routing="top_p", router_top_p=0.6, router_min_experts=2, router_max_experts=4,
+            routing="top_p", router_top_p=0.7, router_min_experts=2, router_max_experts=4,
             norm_topk_prob=True,
         ),
     ),
