@@ -265,12 +265,11 @@ fn malformed_config_is_a_clean_error() {
         ]),
         "config.json",
     );
-    std::fs::write(
-        dir.join("config.json"),
-        "{\"model_type\": \"llama\", \"hidden_size\": \"wide\"}",
-    )
-    .unwrap();
-    assert_clean_error(&volt(&["info", "--model", dir.to_str().unwrap()]), "hidden_size");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("config.json")).unwrap()).unwrap();
+    cfg["hidden_size"] = "wide".into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    assert_clean_error(&volt(&["info", "--model", dir.to_str().unwrap()]), "`hidden_size` must be a non-negative integer");
 }
 
 #[test]
