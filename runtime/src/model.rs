@@ -266,11 +266,9 @@ fn upload_layer<B: Backend>(be: &mut B, l: Layer<Host>) -> Result<Layer<B>> {
                 experts: MoeExperts {
                     router: be.upload_matrix(e.router)?,
                     router_bias: e.router_bias.map(|v| be.upload_vector(v)).transpose()?,
-                    gate: be.upload_experts(e.gate)?,
-                    up: be.upload_experts(e.up)?,
+                    gate_up: be.upload_experts(e.gate_up)?,
                     down: be.upload_experts(e.down)?,
-                    gate_bias: e.gate_bias.map(|v| be.upload_matrix(v)).transpose()?,
-                    up_bias: e.up_bias.map(|v| be.upload_matrix(v)).transpose()?,
+                    gate_up_bias: e.gate_up_bias.map(|v| be.upload_matrix(v)).transpose()?,
                     down_bias: e.down_bias.map(|v| be.upload_matrix(v)).transpose()?,
                 },
                 shared: m.shared.map(|s| upload_mlp(be, s)).transpose()?,

@@ -147,28 +147,25 @@ fn matmul(x: &[f32], t: usize, w: &[f32], out: usize, n: usize) -> Vec<f32> {
     y
 }
 
-/// One expert's SwiGLU on one token (weights [i, h], [i, h], [h, i]); adds `weight * out` into `acc`.
-#[allow(clippy::too_many_arguments)]
+/// One expert's SwiGLU on one token: `gate_up` [2i, h] (gate rows then up rows), `down` [h, i], biases
+/// [2i] and [h]; adds `weight * out` into `acc`.
 fn expert_forward(
     x: &[f32],
-    gate: &[f32],
-    up: &[f32],
+    gate_up: &[f32],
     down: &[f32],
-    biases: (Option<&[f32]>, Option<&[f32]>, Option<&[f32]>),
+    biases: (Option<&[f32]>, Option<&[f32]>),
     activation: ExpertActivation,
     weight: f32,
     acc: &mut [f32],
 ) {
-    let (h, i) = (x.len(), gate.len() / x.len());
+    let (h, i) = (x.len(), gate_up.len() / x.len() / 2);
     let mut act = vec![0.0f32; i];
     for (j, a) in act.iter_mut().enumerate() {
-        let mut g = dot(&gate[j * h..(j + 1) * h], x);
-        let mut u = dot(&up[j * h..(j + 1) * h], x);
+        let mut g = dot(&gate_up[j * h..(j + 1) * h], x);
+        let mut u = dot(&gate_up[(i + j) * h..(i + j + 1) * h], x);
         if let Some(b) = biases.0 {
             g += b[j];
-        }
-        if let Some(b) = biases.1 {
-            u += b[j];
+            u += b[i + j];
         }
         *a = match activation {
             ExpertActivation::SwiGlu => silu(g) * u,
@@ -181,7 +178,7 @@ fn expert_forward(
     }
     for (o, out) in acc.iter_mut().enumerate() {
         let mut y = dot(&down[o * i..(o + 1) * i], &act);
-        if let Some(b) = biases.2 {
+        if let Some(b) = biases.1 {
             y += b[o];
         }
         *out += weight * y;
@@ -438,14 +435,12 @@ impl Backend for CpuBackend {
             .for_each(|(r, (acc, (_, chosen)))| {
                 for &(e, weight) in chosen {
                     let biases = (
-                        opt_expert_slice(&w.gate_bias, e, i),
-                        opt_expert_slice(&w.up_bias, e, i),
+                        opt_expert_slice(&w.gate_up_bias, e, 2 * i),
                         opt_expert_slice(&w.down_bias, e, h),
                     );
                     expert_forward(
                         x.row(r),
-                        expert_slice(&w.gate, e, i * h),
-                        expert_slice(&w.up, e, i * h),
+                        expert_slice(&w.gate_up, e, 2 * i * h),
                         expert_slice(&w.down, e, h * i),
                         biases,
                         spec.activation,

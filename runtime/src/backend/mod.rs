@@ -171,14 +171,13 @@ pub struct MoeExperts<W: WeightTypes> {
     pub router: W::Matrix,
     /// [experts]
     pub router_bias: Option<W::Vector>,
-    /// [experts, intermediate, hidden] each
-    pub gate: W::Experts,
-    pub up: W::Experts,
+    /// [experts, 2 * intermediate, hidden]: each expert's gate rows, then its up rows (transformers v5's
+    /// fused layout), so one weight binding serves both halves.
+    pub gate_up: W::Experts,
     /// [experts, hidden, intermediate]
     pub down: W::Experts,
-    /// [experts, intermediate] as a matrix (GPT-OSS)
-    pub gate_bias: Option<W::Matrix>,
-    pub up_bias: Option<W::Matrix>,
+    /// [experts, 2 * intermediate] in the same order (GPT-OSS)
+    pub gate_up_bias: Option<W::Matrix>,
     /// [experts, hidden]
     pub down_bias: Option<W::Matrix>,
 }

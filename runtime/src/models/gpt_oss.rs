@@ -92,17 +92,13 @@ impl Family for GptOss {
                     ck.f32(&format!("{x}.down_proj"), &[e, i, h])?.transpose_last2(),
                 )
             };
-            let (gate, up) = deinterleave(&gate_up, e, i, h);
-            let gu_bias = ck.f32(&format!("{x}.gate_up_proj_bias"), &[e, 2 * i])?;
-            let (gate_bias, up_bias) = deinterleave(&gu_bias, e, i, 1);
+            let gate_up_bias = ck.f32(&format!("{x}.gate_up_proj_bias"), &[e, 2 * i])?;
             let experts = MoeExperts {
                 router: ck.f32(&format!("{p}.router.weight"), &[e, h])?,
                 router_bias: Some(ck.f32(&format!("{p}.router.bias"), &[e])?),
-                gate,
-                up,
+                gate_up: deinterleave(&gate_up, e, i, h),
                 down,
-                gate_bias: Some(HostTensor::new(vec![e, i], gate_bias.data)),
-                up_bias: Some(HostTensor::new(vec![e, i], up_bias.data)),
+                gate_up_bias: Some(deinterleave(&gate_up_bias, e, i, 1)),
                 down_bias: Some(ck.f32(&format!("{x}.down_proj_bias"), &[e, h])?),
             };
             Ok(Moe {
@@ -114,12 +110,13 @@ impl Family for GptOss {
     }
 }
 
-/// Splits [E, 2I, W] with interleaved rows (even = gate, odd = up) into two [E, I, W].
-fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> (HostTensor, HostTensor) {
-    let (mut gate, mut up) = (Vec::with_capacity(e * i * w), Vec::with_capacity(e * i * w));
-    for pair in t.data.chunks_exact(2 * w) {
-        gate.extend_from_slice(&pair[..w]);
-        up.extend_from_slice(&pair[w..]);
+/// Reorders [E, 2I, W] with interleaved rows (even = gate, odd = up) to each expert's I gate rows followed
+/// by its I up rows.
+fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> HostTensor {
+    let mut data = Vec::with_capacity(t.data.len());
+    for expert in t.data.chunks_exact(2 * i * w) {
+        data.extend(expert.chunks_exact(2 * w).flat_map(|pair| pair[..w].iter().copied()));
+        data.extend(expert.chunks_exact(2 * w).flat_map(|pair| pair[w..].iter().copied()));
     }
-    (HostTensor::new(vec![e, i, w], gate), HostTensor::new(vec![e, i, w], up))
+    HostTensor::new(vec![e, 2 * i, w], data)
 }

@@ -249,7 +249,7 @@ pub fn swiglu_mlp(ck: &Checkpoint, prefix: &str, hidden: usize, intermediate: us
 
 /// Routed experts stored either one tensor per expert (`{prefix}.experts.{e}.{gate}.weight`, the Hub form) or
 /// fused as transformers v5 holds them (`{prefix}.experts.gate_up_proj` (E, 2I, H), gate rows first, and
-/// `{prefix}.experts.down_proj` (E, H, I)). Returns gate, up [E, I, H] and down [E, H, I].
+/// `{prefix}.experts.down_proj` (E, H, I)). Returns gate_up [E, 2I, H] and down [E, H, I].
 pub fn routed_experts(
     ck: &Checkpoint,
     prefix: &str,
@@ -257,33 +257,24 @@ pub fn routed_experts(
     n_experts: usize,
     hidden: usize,
     inter: usize,
-) -> Result<(HostTensor, HostTensor, HostTensor)> {
+) -> Result<(HostTensor, HostTensor)> {
     let fused = format!("{prefix}.experts.gate_up_proj");
     if ck.has(&fused) {
         let gate_up = ck.f32(&fused, &[n_experts, 2 * inter, hidden])?;
-        let (mut gate, mut up) = (
-            Vec::with_capacity(n_experts * inter * hidden),
-            Vec::with_capacity(n_experts * inter * hidden),
-        );
-        for e in gate_up.data.chunks_exact(2 * inter * hidden) {
-            gate.extend_from_slice(&e[..inter * hidden]);
-            up.extend_from_slice(&e[inter * hidden..]);
-        }
         let down = ck.f32(&format!("{prefix}.experts.down_proj"), &[n_experts, hidden, inter])?;
-        let shape = vec![n_experts, inter, hidden];
-        return Ok((HostTensor::new(shape.clone(), gate), HostTensor::new(shape, up), down));
+        return Ok((gate_up, down));
     }
-    let stack = |name: &str, shape: [usize; 2]| -> Result<HostTensor> {
-        let mut data = Vec::with_capacity(n_experts * shape[0] * shape[1]);
-        for e in 0..n_experts {
-            data.extend(ck.f32(&format!("{prefix}.experts.{e}.{name}.weight"), &shape)?.data);
-        }
-        Ok(HostTensor::new(vec![n_experts, shape[0], shape[1]], data))
-    };
+    let mut gate_up = Vec::with_capacity(n_experts * 2 * inter * hidden);
+    let mut down = Vec::with_capacity(n_experts * hidden * inter);
+    for e in 0..n_experts {
+        let name = |n: &str| format!("{prefix}.experts.{e}.{n}.weight");
+        gate_up.extend(ck.f32(&name(names[0]), &[inter, hidden])?.data);
+        gate_up.extend(ck.f32(&name(names[1]), &[inter, hidden])?.data);
+        down.extend(ck.f32(&name(names[2]), &[hidden, inter])?.data);
+    }
     Ok((
-        stack(names[0], [inter, hidden])?,
-        stack(names[1], [inter, hidden])?,
-        stack(names[2], [hidden, inter])?,
+        HostTensor::new(vec![n_experts, 2 * inter, hidden], gate_up),
+        HostTensor::new(vec![n_experts, hidden, inter], down),
     ))
 }
 
@@ -297,15 +288,13 @@ pub fn plain_moe(
     h: usize,
 ) -> Result<MoeExperts<Host>> {
     let (e, i) = (m.n_experts, m.expert_intermediate);
-    let (gate, up, down) = routed_experts(ck, prefix, names, e, h, i)?;
+    let (gate_up, down) = routed_experts(ck, prefix, names, e, h, i)?;
     Ok(MoeExperts {
         router: ck.f32(&format!("{prefix}.{router}.weight"), &[e, h])?,
         router_bias: None,
-        gate,
-        up,
+        gate_up,
         down,
-        gate_bias: None,
-        up_bias: None,
+        gate_up_bias: None,
         down_bias: None,
     })
 }

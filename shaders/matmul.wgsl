@@ -1,0 +1,62 @@
+// y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]). W is read through the weight prelude (f32, f16, fp8).
+// One workgroup computes 4 outputs for 4 tokens: each weight value loaded serves 4 tokens, so decode
+// (t = 1) streams W once and prefill reads it t/4 times. 64 threads split k; a shared-memory tree sums.
+struct Params {
+    tokens: u32,
+    k: u32,
+    outputs: u32,
+    has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+var<workgroup> red: array<f32, 1024>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o0 = wid.x * 4u;
+    let t0 = wid.y * 4u;
+    var acc: array<f32, 16>;
+    for (var k = lid.x; k < p.k; k += 64u) {
+        var xs: array<f32, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            if (t0 + j < p.tokens) {
+                xs[j] = x[(t0 + j) * p.k + k];
+            }
+        }
+        for (var r = 0u; r < 4u; r++) {
+            if (o0 + r < p.outputs) {
+                let wv = w_at(o0 + r, k, p.k);
+                for (var j = 0u; j < 4u; j++) {
+                    acc[r * 4u + j] += wv * xs[j];
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < 16u; i++) {
+        red[lid.x * 16u + i] = acc[i];
+    }
+    workgroupBarrier();
+    for (var stride = 32u; stride > 0u; stride >>= 1u) {
+        if (lid.x < stride) {
+            for (var i = 0u; i < 16u; i++) {
+                red[lid.x * 16u + i] += red[(lid.x + stride) * 16u + i];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid.x < 16u) {
+        let o = o0 + lid.x / 4u;
+        let t = t0 + lid.x % 4u;
+        if (o < p.outputs && t < p.tokens) {
+            var v = red[lid.x];
+            if (p.has_bias != 0u) {
+                v += bias[o];
+            }
+            y[t * p.outputs + o] = v;
+        }
+    }
+}
