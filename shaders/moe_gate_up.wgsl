@@ -24,17 +24,17 @@ struct Params {
 
 var<workgroup> red: array<f32, 512>;
 var<workgroup> expert: u32;
-var<workgroup> active: u32;
+var<workgroup> slot_active: u32;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let slot = wid.y;
     let t = wid.z;
     if (lid.x == 0u) {
-        active = select(0u, 1u, slot < counts[t]);
+        slot_active = select(0u, 1u, slot < counts[t]);
         expert = chosen[t * p.max_experts + slot];
     }
-    if (workgroupUniformLoad(&active) == 0u) {
+    if (workgroupUniformLoad(&slot_active) == 0u) {
         return;
     }
     let e = workgroupUniformLoad(&expert);

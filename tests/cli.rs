@@ -269,7 +269,10 @@ fn malformed_config_is_a_clean_error() {
         serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("config.json")).unwrap()).unwrap();
     cfg["hidden_size"] = "wide".into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    assert_clean_error(&volt(&["info", "--model", dir.to_str().unwrap()]), "`hidden_size` must be a non-negative integer");
+    assert_clean_error(
+        &volt(&["info", "--model", dir.to_str().unwrap()]),
+        "`hidden_size` must be a non-negative integer",
+    );
 }
 
 #[test]
@@ -392,6 +395,45 @@ fn unknown_backend_and_flags_are_clean_errors() {
         "unknown flag --bakend",
     );
     assert_clean_error(&volt(&["frobnicate"]), "unknown command");
+}
+
+#[test]
+fn wgpu_backend_gives_the_cpu_logits() {
+    if volt_runtime_has_no_adapter() {
+        println!("SKIP wgpu CLI test: no GPU adapter");
+        return;
+    }
+    let dir = fixture("qwen2_moe");
+    let run = |backend: &str| {
+        json_stdout(&volt(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "3,17,42,5",
+            "--backend",
+            backend,
+        ]))
+    };
+    let (cpu, gpu) = (run("cpu"), run("wgpu"));
+    let flat = |v: &serde_json::Value| {
+        v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let diff = flat(&cpu)
+        .iter()
+        .zip(flat(&gpu))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-3, "wgpu and cpu logits differ by {diff}");
+}
+
+fn volt_runtime_has_no_adapter() -> bool {
+    volt_runtime::backend::wgpu::gpu::adapters().is_empty()
 }
 
 #[test]

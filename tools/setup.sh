@@ -5,4 +5,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2
   exit 1
 fi
-echo "setup: $(cargo --version)"
+# Mesa's software Vulkan (lavapipe): every WGSL kernel runs on it when there is no GPU.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "setup: install mesa-vulkan-drivers for the wgpu tests (without a GPU adapter they print SKIP)" >&2
+  fi
+fi
+echo "setup: $(cargo --version); vulkan drivers: $(ls /usr/share/vulkan/icd.d/ 2>/dev/null | tr '\n' ' ')"

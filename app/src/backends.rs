@@ -3,32 +3,50 @@
 use std::path::Path;
 
 use volt_runtime::backend::cpu::CpuBackend;
+use volt_runtime::backend::wgpu::gpu::Gpu;
+use volt_runtime::backend::wgpu::WgpuBackend;
 use volt_runtime::backend::WeightDtype;
+use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::session::{BackendSession, Session};
 use volt_runtime::{bail, Result};
 
 pub const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "cuda"];
 
-/// Loads `dir` onto the chosen backend with `slots` sequence slots.
+/// Tokens a GPU KV cache holds per sequence unless the model's context is shorter.
+const GPU_CONTEXT: usize = 8192;
+
+/// Loads `dir` onto the chosen backend with `slots` sequence slots. Weights stay in the checkpoint's own
+/// precision unless `dtype` asks for another.
 pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Result<Box<dyn Session>> {
     let chosen = match backend {
         "auto" => auto(),
         "cpu" | "wgpu" | "cuda" => backend,
         other => bail!("unknown backend `{other}` (expected one of: {})", BACKENDS.join(", ")),
     };
+    let dtype = match dtype {
+        Some(d) => WeightDtype::parse(d)?,
+        None => Checkpoint::open(dir)?.storage_dtype(),
+    };
     match chosen {
-        "cpu" => {
-            let dtype = WeightDtype::parse(dtype.unwrap_or("f32"))?;
-            Ok(Box::new(BackendSession::load(CpuBackend::new(dtype), dir, slots)?))
-        }
+        "cpu" => Ok(Box::new(BackendSession::load(CpuBackend::new(dtype), dir, slots)?)),
         "wgpu" => {
-            bail!("backend wgpu cannot start: the WGSL backend is not part of this build yet (use --backend cpu)")
+            let gpu = Gpu::open_default().map_err(|e| e.context("backend wgpu cannot start"))?;
+            Ok(Box::new(BackendSession::load(
+                WgpuBackend::with_gpu(gpu, dtype, GPU_CONTEXT)?,
+                dir,
+                slots,
+            )?))
         }
         _ => bail!("backend cuda cannot start: {}", volt_cuda::unavailable_reason()),
     }
 }
 
-/// CUDA on a Hopper GPU, else wgpu on a GPU adapter, else CPU: the backends this build can start.
+/// CUDA on a Hopper GPU, else wgpu on a hardware GPU adapter, else CPU (a software adapter such as lavapipe
+/// is slower than the CPU backend).
 fn auto() -> &'static str {
-    "cpu"
+    if Gpu::hardware_adapter_present() {
+        "wgpu"
+    } else {
+        "cpu"
+    }
 }

@@ -26,6 +26,11 @@ commands:
 run `volt <command> --help` for a command's flags";
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan drivers probe Wayland when wgpu starts and libwayland prints an error line to stderr if
+    // XDG_RUNTIME_DIR is unset (headless machines, CI). Any directory silences it; set before any thread.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     // A panic is a bug, but the user still gets one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

@@ -102,6 +102,24 @@ impl Checkpoint {
         self.tensors.get(name).map(|(_, info)| info.shape.as_slice())
     }
 
+    /// The float dtype that holds most of the checkpoint's bytes: the precision it was published in, and the
+    /// default a backend keeps weights in. MXFP4 blocks count as bf16, the dtype GPT-OSS ships the rest in.
+    pub fn storage_dtype(&self) -> crate::backend::WeightDtype {
+        use crate::backend::WeightDtype;
+        let mut bytes = [0u64; 3];
+        for (_, info) in self.tensors.values() {
+            let n = (info.data_offsets.1 - info.data_offsets.0) as u64;
+            match info.dtype {
+                Dtype::F32 => bytes[0] += n,
+                Dtype::F16 => bytes[1] += n,
+                Dtype::BF16 | Dtype::U8 => bytes[2] += n,
+                _ => {}
+            }
+        }
+        let most = (0..3).max_by_key(|&i| (bytes[i], std::cmp::Reverse(i))).unwrap_or(0);
+        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16][most]
+    }
+
     /// Total bytes of the tensor data on disk.
     pub fn data_bytes(&self) -> u64 {
         self.tensors

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, Host, KvCache, MoeExperts, Step, WeightTypes};
+use crate::backend::{Backend, Host, KvCache, MoeExperts, Precision, Step, WeightTypes};
 use crate::bail;
 use crate::checkpoint::{Checkpoint, HostTensor};
 use crate::error::{Result, ResultExt};
@@ -208,6 +208,11 @@ impl<B: Backend> Model<B> {
             if pos != *expected {
                 bail!("sequence {seq}: token at position {pos}, expected position {expected}");
             }
+            if let Some(capacity) = cache.capacity() {
+                if pos >= capacity {
+                    bail!("sequence {seq} reached the context of {capacity} tokens");
+                }
+            }
             *expected += 1;
         }
         Ok(())
@@ -215,25 +220,25 @@ impl<B: Backend> Model<B> {
 }
 
 fn mlp_forward<B: Backend>(be: &mut B, x: &B::Tensor, mlp: &Mlp<B>) -> B::Tensor {
-    let g = be.linear(x, &mlp.gate, None);
+    let mut g = be.linear(x, &mlp.gate, None);
     let u = be.linear(x, &mlp.up, None);
-    let a = be.swiglu(&g, &u);
-    be.linear(&a, &mlp.down, None)
+    be.swiglu(&mut g, &u);
+    be.linear(&g, &mlp.down, None)
 }
 
 fn upload_globals<B: Backend>(be: &mut B, g: Globals<Host>) -> Result<Globals<B>> {
     Ok(Globals {
-        embed: be.upload_matrix(g.embed)?,
+        embed: be.upload_matrix(g.embed, Precision::Storage)?,
         final_norm: be.upload_vector(g.final_norm)?,
-        lm_head: g.lm_head.map(|m| be.upload_matrix(m)).transpose()?,
+        lm_head: g.lm_head.map(|m| be.upload_matrix(m, Precision::Storage)).transpose()?,
     })
 }
 
 fn upload_mlp<B: Backend>(be: &mut B, m: Mlp<Host>) -> Result<Mlp<B>> {
     Ok(Mlp {
-        gate: be.upload_matrix(m.gate)?,
-        up: be.upload_matrix(m.up)?,
-        down: be.upload_matrix(m.down)?,
+        gate: be.upload_matrix(m.gate, Precision::Storage)?,
+        up: be.upload_matrix(m.up, Precision::Storage)?,
+        down: be.upload_matrix(m.down, Precision::Storage)?,
     })
 }
 
@@ -244,12 +249,17 @@ fn upload_layer<B: Backend>(be: &mut B, l: Layer<Host>) -> Result<Layer<B>> {
             .transpose()
     };
     let attn = Attention {
-        q: be.upload_matrix(a.q)?,
+        q: be.upload_matrix(a.q, Precision::Storage)?,
         kv: a
             .kv
-            .map(|(k, v)| Ok::<_, crate::Error>((be.upload_matrix(k)?, be.upload_matrix(v)?)))
+            .map(|(k, v)| {
+                Ok::<_, crate::Error>((
+                    be.upload_matrix(k, Precision::Storage)?,
+                    be.upload_matrix(v, Precision::Storage)?,
+                ))
+            })
             .transpose()?,
-        o: be.upload_matrix(a.o)?,
+        o: be.upload_matrix(a.o, Precision::Storage)?,
         q_bias: a.q_bias.map(|v| be.upload_vector(v)).transpose()?,
         kv_bias: pair(be, a.kv_bias)?,
         o_bias: a.o_bias.map(|v| be.upload_vector(v)).transpose()?,
@@ -264,15 +274,21 @@ fn upload_layer<B: Backend>(be: &mut B, l: Layer<Host>) -> Result<Layer<B>> {
             let e = m.experts;
             Ffn::Moe(Box::new(Moe {
                 experts: MoeExperts {
-                    router: be.upload_matrix(e.router)?,
+                    router: be.upload_matrix(e.router, Precision::Full)?,
                     router_bias: e.router_bias.map(|v| be.upload_vector(v)).transpose()?,
                     gate_up: be.upload_experts(e.gate_up)?,
                     down: be.upload_experts(e.down)?,
-                    gate_up_bias: e.gate_up_bias.map(|v| be.upload_matrix(v)).transpose()?,
-                    down_bias: e.down_bias.map(|v| be.upload_matrix(v)).transpose()?,
+                    gate_up_bias: e
+                        .gate_up_bias
+                        .map(|v| be.upload_matrix(v, Precision::Full))
+                        .transpose()?,
+                    down_bias: e.down_bias.map(|v| be.upload_matrix(v, Precision::Full)).transpose()?,
                 },
                 shared: m.shared.map(|s| upload_mlp(be, s)).transpose()?,
-                shared_gate: m.shared_gate.map(|g| be.upload_matrix(g)).transpose()?,
+                shared_gate: m
+                    .shared_gate
+                    .map(|g| be.upload_matrix(g, Precision::Full))
+                    .transpose()?,
             }))
         }
     };

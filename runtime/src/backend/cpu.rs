@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Backend, KvCache, LayerRouting, MoeExperts, Step, WeightDtype, WeightTypes};
+use super::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
@@ -265,11 +265,15 @@ impl Backend for CpuBackend {
         .to_lowercase()
     }
 
-    fn upload_matrix(&mut self, w: HostTensor) -> Result<HostTensor> {
-        Ok(self.round(w))
+    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<HostTensor> {
+        Ok(match precision {
+            Precision::Storage => self.round(w),
+            Precision::Full => w,
+        })
     }
     fn upload_vector(&mut self, w: HostTensor) -> Result<HostTensor> {
-        Ok(self.round(w))
+        // Vectors (norm weights, biases, sinks) stay f32 on every backend: they are tiny.
+        Ok(w)
     }
     fn upload_experts(&mut self, w: HostTensor) -> Result<HostTensor> {
         Ok(self.round(w))
@@ -409,13 +413,8 @@ impl Backend for CpuBackend {
         out
     }
 
-    fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
-        let data = gate.data.iter().zip(&up.data).map(|(g, u)| silu(*g) * u).collect();
-        CpuTensor {
-            rows: gate.rows,
-            cols: gate.cols,
-            data,
-        }
+    fn swiglu(&mut self, gate: &mut CpuTensor, up: &CpuTensor) {
+        gate.data.iter_mut().zip(&up.data).for_each(|(g, u)| *g = silu(*g) * u);
     }
 
     fn moe(&mut self, x: &CpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> CpuTensor {

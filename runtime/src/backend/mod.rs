@@ -8,6 +8,7 @@
 //!   chunks and decode tokens (continuous batching).
 
 pub mod cpu;
+pub mod wgpu;
 
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
@@ -57,6 +58,15 @@ impl WeightDtype {
     }
 }
 
+/// How precisely a matrix is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// The backend's weight dtype (`--dtype`): the bulk of the parameters.
+    Storage,
+    /// f32: routers and gates, whose small errors flip discrete decisions, and biases.
+    Full,
+}
+
 /// The tokens of one forward step. Tokens of one sequence appear in order and continue that sequence's
 /// cache: the first has position == the number of tokens already cached for it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -97,7 +107,8 @@ pub trait Backend: WeightTypes + Sized {
     /// Human-readable description ("cpu (f32, 2 threads)").
     fn describe(&self) -> String;
 
-    fn upload_matrix(&mut self, w: HostTensor) -> Result<Self::Matrix>;
+    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<Self::Matrix>;
+    /// Norm weights, biases, sinks: kept in f32 on every backend (they are tiny).
     fn upload_vector(&mut self, w: HostTensor) -> Result<Self::Vector>;
     fn upload_experts(&mut self, w: HostTensor) -> Result<Self::Experts>;
     fn upload_rope(&mut self, table: RopeTable) -> Result<Self::Rope>;
@@ -124,8 +135,8 @@ pub trait Backend: WeightTypes + Sized {
         kv: Option<(&Self::Tensor, &Self::Tensor)>,
         sinks: Option<&Self::Vector>,
     ) -> Self::Tensor;
-    /// silu(gate) * up.
-    fn swiglu(&mut self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// gate = silu(gate) * up, in place.
+    fn swiglu(&mut self, gate: &mut Self::Tensor, up: &Self::Tensor);
     /// Routes each row to its experts on the backend and returns the weighted sum of their outputs.
     /// `layer` labels the routing trace.
     fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Self::Tensor;
@@ -163,6 +174,10 @@ pub trait KvCache {
     /// Forget a sequence so its slot can start again at position 0.
     fn reset(&mut self, slot: usize);
     fn slots(&self) -> usize;
+    /// The most positions a sequence may reach (None: bounded by memory only).
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The routed experts of one MoE layer and their router.

@@ -1,0 +1,889 @@
+//! The wgpu backend: every op a WGSL kernel (`shaders/`), a whole step recorded as one list of dispatches
+//! and submitted in one compute pass, with no CPU read until `read`. Routing stays on the GPU: the router
+//! writes expert ids to a buffer the expert kernels read.
+//!
+//! Memory: activations come from a pool of power-of-two buffers reused across steps (no allocation once
+//! the shapes have been seen); kernel parameters go through one uniform ring with dynamic offsets; bind
+//! groups are cached by the buffers they bind. KV caches are allocated at start-up: sliding layers hold a
+//! ring of `window + MAX_STEP_TOKENS` positions, full layers the whole context, KV-reusing layers nothing
+//! (they bind their source layer's buffers).
+
+pub mod gpu;
+pub mod kernels;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use super::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
+use crate::bail;
+use crate::checkpoint::HostTensor;
+use crate::error::{Error, Result};
+use crate::rope::RopeTable;
+use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
+use gpu::Gpu;
+use kernels::{Kernel, Kernels, Op, WeightFormat, PARAMS_STRIDE};
+
+/// Most tokens one step may hold (the prefill chunk of `generate`).
+pub const MAX_STEP_TOKENS: usize = crate::generate::PREFILL_CHUNK;
+/// Largest head_dim the attention kernel holds in shared memory.
+const MAX_HEAD_DIM: usize = 256;
+/// Most routed experts the router's selection mask covers.
+const MAX_EXPERTS: usize = 1024;
+
+/// A device buffer with an id for bind-group caching.
+pub struct GpuBuffer {
+    pub buffer: wgpu::Buffer,
+    pub id: u64,
+}
+
+type BufferPool = Arc<Mutex<HashMap<u64, Vec<Arc<GpuBuffer>>>>>;
+
+/// A pooled buffer that goes back to the pool when the tensor holding it is dropped.
+pub struct Pooled {
+    buf: Arc<GpuBuffer>,
+    pool: BufferPool,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let size = self.buf.buffer.size();
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(size)
+            .or_default()
+            .push(self.buf.clone());
+    }
+}
+
+/// Activations: `rows` x `cols` f32 on the device.
+pub struct GpuTensor {
+    mem: Pooled,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A weight matrix (or stacked experts, rows = experts x out) in one of the weight formats.
+pub struct GpuMatrix {
+    buf: Arc<GpuBuffer>,
+    rows: usize,
+    cols: usize,
+    format: WeightFormat,
+}
+
+/// A vector kept in f32 (norm weights, biases, sinks).
+pub struct GpuVector {
+    buf: Arc<GpuBuffer>,
+}
+
+pub struct GpuRope {
+    inv_freq: Arc<GpuBuffer>,
+    attention_scale: f32,
+}
+
+struct LayerKv {
+    k: Arc<GpuBuffer>,
+    v: Arc<GpuBuffer>,
+    capacity: usize,
+}
+
+pub struct WgpuCache {
+    layers: Vec<Option<LayerKv>>,
+    lens: Vec<usize>,
+    context: usize,
+}
+
+impl KvCache for WgpuCache {
+    fn seq_len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+    fn reset(&mut self, slot: usize) {
+        // Positions are rewritten as the sequence grows again; nothing to clear on the device.
+        self.lens[slot] = 0;
+    }
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+    fn capacity(&self) -> Option<usize> {
+        Some(self.context)
+    }
+}
+
+struct Dispatch {
+    kernel: Arc<Kernel>,
+    bind_group: Arc<wgpu::BindGroup>,
+    params_offset: u32,
+    groups: [u32; 3],
+}
+
+/// Routing buffers of one MoE layer kept for the trace.
+struct TracedRouting {
+    layer: usize,
+    n_experts: usize,
+    max_experts: usize,
+    probs: GpuTensor,
+    chosen: GpuTensor,
+    weights: GpuTensor,
+    counts: GpuTensor,
+}
+
+pub struct WgpuBackend {
+    gpu: Gpu,
+    kernels: Kernels,
+    dtype: WeightDtype,
+    /// Longest sequence a cache holds.
+    context: usize,
+    pool: BufferPool,
+    next_id: u64,
+    params: Vec<u8>,
+    params_ring: Arc<GpuBuffer>,
+    bind_groups: HashMap<(u32, Vec<u64>), Arc<wgpu::BindGroup>>,
+    dispatches: Vec<Dispatch>,
+    /// Step inputs: token ids, positions, sequence slots, and the rows that need logits.
+    step_tokens: Arc<GpuBuffer>,
+    step_positions: Arc<GpuBuffer>,
+    step_seqs: Arc<GpuBuffer>,
+    step_rows: Arc<GpuBuffer>,
+    /// The current step as the CPU knows it (for cache bookkeeping).
+    step: Step,
+    /// Bound where a kernel's optional input is absent.
+    dummy: Arc<GpuBuffer>,
+    staging: Option<wgpu::Buffer>,
+    routing: Option<Vec<TracedRouting>>,
+    /// An error from a submission made while recording, returned by the next `end_step` or `read`.
+    deferred_error: Option<Error>,
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+impl WgpuBackend {
+    /// Opens the best adapter; weights kept in `dtype`, caches sized for `context` tokens.
+    pub fn new(dtype: WeightDtype, context: usize) -> Result<Self> {
+        Self::with_gpu(Gpu::open_default()?, dtype, context)
+    }
+
+    pub fn with_gpu(gpu: Gpu, dtype: WeightDtype, context: usize) -> Result<Self> {
+        let mut next_id = 0;
+        let mut make = |size: u64, usage: wgpu::BufferUsages| {
+            next_id += 1;
+            Arc::new(GpuBuffer {
+                buffer: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                }),
+                id: next_id,
+            })
+        };
+        let step_bytes = (MAX_STEP_TOKENS * 4) as u64;
+        let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let backend = WgpuBackend {
+            params_ring: make(64 * PARAMS_STRIDE, uniform),
+            step_tokens: make(step_bytes, STORAGE),
+            step_positions: make(step_bytes, STORAGE),
+            step_seqs: make(step_bytes, STORAGE),
+            step_rows: make(step_bytes, STORAGE),
+            dummy: make(16, STORAGE),
+            next_id,
+            gpu,
+            kernels: Kernels::default(),
+            dtype,
+            context,
+            pool: Arc::new(Mutex::new(HashMap::new())),
+            params: Vec::new(),
+            bind_groups: HashMap::new(),
+            dispatches: Vec::new(),
+            step: Step::default(),
+            staging: None,
+            routing: None,
+            deferred_error: None,
+        };
+        backend.gpu.check()?;
+        Ok(backend)
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A device buffer holding `bytes`, or an error when it exceeds what one binding may hold.
+    fn upload_bytes(&mut self, bytes: &[u8], what: &str) -> Result<Arc<GpuBuffer>> {
+        let max = self
+            .gpu
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.gpu.limits.max_buffer_size);
+        if bytes.len() as u64 > max {
+            bail!(
+                "{what} takes {} bytes, more than one buffer binding holds on {} ({max})",
+                bytes.len(),
+                self.gpu.name()
+            );
+        }
+        // Zero-length bindings are invalid; pad to one word.
+        let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
+        let buffer = self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: STORAGE,
+        });
+        let id = self.new_id();
+        Ok(Arc::new(GpuBuffer { buffer, id }))
+    }
+
+    /// An activation tensor from the pool (sizes rounded up to a power of two so shapes share buffers).
+    fn tensor(&mut self, rows: usize, cols: usize) -> GpuTensor {
+        let bytes = ((rows * cols * 4).max(16) as u64).next_power_of_two();
+        let reused = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&bytes)
+            .and_then(Vec::pop);
+        let buf = match reused {
+            Some(b) => b,
+            None => {
+                let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: bytes,
+                    usage: STORAGE,
+                    mapped_at_creation: false,
+                });
+                let id = self.new_id();
+                Arc::new(GpuBuffer { buffer, id })
+            }
+        };
+        GpuTensor {
+            mem: Pooled {
+                buf,
+                pool: self.pool.clone(),
+            },
+            rows,
+            cols,
+        }
+    }
+
+    /// Records one dispatch: params into the ring, bind group from the cache.
+    fn dispatch(
+        &mut self,
+        op: Op,
+        format: Option<WeightFormat>,
+        params: &[u32],
+        buffers: &[&Arc<GpuBuffer>],
+        groups: [u32; 3],
+    ) {
+        if (self.params.len() as u64 + PARAMS_STRIDE) > self.params_ring.buffer.size() {
+            // The ring is sized for a whole step; a longer one is submitted in parts (still no read-back).
+            if let Err(e) = self.flush() {
+                self.deferred_error.get_or_insert(e);
+            }
+        }
+        let kernel = self.kernels.get(&self.gpu.device, op, format);
+        debug_assert_eq!(kernel.bindings, buffers.len() + 1, "{op:?}: binding count");
+        let offset = self.params.len();
+        self.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
+        self.params.resize(offset + PARAMS_STRIDE as usize, 0);
+        let ring = self.params_ring.clone();
+        let bind_group = self.bind_group(&kernel, &ring, buffers);
+        self.dispatches.push(Dispatch {
+            kernel,
+            bind_group,
+            params_offset: offset as u32,
+            groups,
+        });
+    }
+
+    fn bind_group(
+        &mut self,
+        kernel: &Kernel,
+        ring: &Arc<GpuBuffer>,
+        buffers: &[&Arc<GpuBuffer>],
+    ) -> Arc<wgpu::BindGroup> {
+        let key = (
+            kernel.id,
+            std::iter::once(ring.id)
+                .chain(buffers.iter().map(|b| b.id))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(bg) = self.bind_groups.get(&key) {
+            return bg.clone();
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &ring.buffer,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAMS_STRIDE),
+            }),
+        }];
+        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: b.buffer.as_entire_binding(),
+        }));
+        let bg = Arc::new(self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &kernel.layout,
+            entries: &entries,
+        }));
+        self.bind_groups.insert(key, bg.clone());
+        bg
+    }
+
+    /// Submits everything recorded so far as one compute pass.
+    fn flush(&mut self) -> Result<()> {
+        if self.dispatches.is_empty() {
+            return Ok(());
+        }
+        self.gpu.queue.write_buffer(&self.params_ring.buffer, 0, &self.params);
+        let mut encoder = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("step"),
+                timestamp_writes: None,
+            });
+            for d in &self.dispatches {
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, d.bind_group.as_ref(), &[d.params_offset]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+        self.dispatches.clear();
+        self.params.clear();
+        self.gpu.check()
+    }
+}
+
+/// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).
+fn groups_1d(n: usize) -> [u32; 3] {
+    [n.div_ceil(64).clamp(1, 65535) as u32, 1, 1]
+}
+
+fn packed_halves(values: &[f32], to_bits: impl Fn(f32) -> u16) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(values.len().div_ceil(2) * 4);
+    for pair in values.chunks(2) {
+        let lo = to_bits(pair[0]) as u32;
+        let hi = pair.get(1).map_or(0, |&v| to_bits(v) as u32);
+        bytes.extend((lo | (hi << 16)).to_le_bytes());
+    }
+    bytes
+}
+
+impl WeightTypes for WgpuBackend {
+    type Matrix = GpuMatrix;
+    type Vector = GpuVector;
+    type Experts = GpuMatrix;
+}
+
+impl WgpuBackend {
+    fn upload_weight(&mut self, w: HostTensor, dtype: WeightDtype) -> Result<GpuMatrix> {
+        let cols = *w.shape.last().unwrap_or(&1);
+        let rows = w.data.len() / cols.max(1);
+        let (format, bytes) = match dtype {
+            WeightDtype::F32 => (WeightFormat::F32, bytemuck::cast_slice(&w.data).to_vec()),
+            WeightDtype::F16 => (
+                WeightFormat::F16,
+                packed_halves(&w.data, |v| half::f16::from_f32(v).to_bits()),
+            ),
+            WeightDtype::Bf16 => (
+                WeightFormat::Bf16,
+                packed_halves(&w.data, |v| half::bf16::from_f32(v).to_bits()),
+            ),
+        };
+        let buf = self.upload_bytes(&bytes, &format!("a {rows}x{cols} weight"))?;
+        Ok(GpuMatrix {
+            buf,
+            rows,
+            cols,
+            format,
+        })
+    }
+
+    fn read_bytes(&mut self, buf: &GpuBuffer, len: u64) -> Result<Vec<u8>> {
+        self.flush()?;
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
+        let size = len.max(4).next_multiple_of(4);
+        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
+            self.staging = Some(self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back"),
+                size: size.next_power_of_two(),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let staging = self.staging.as_ref().expect("created above");
+        let mut encoder = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
+        encoder.copy_buffer_to_buffer(&buf.buffer, 0, staging, 0, size);
+        self.gpu.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::msg(format!("waiting for {}: {e}", self.gpu.name())))?;
+        self.gpu.check()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("reading results back from {}: {e}", self.gpu.name()),
+            Err(_) => bail!("reading results back from {}: the device went away", self.gpu.name()),
+        }
+        let bytes = staging
+            .get_mapped_range(0..size)
+            .map_err(|e| Error::msg(e.to_string()))?[..len as usize]
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    fn read_u32(&mut self, t: &GpuTensor) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes(&t.mem.buf.clone(), (t.rows * t.cols * 4) as u64)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn elementwise(&mut self, op: Op, x: &GpuTensor, y: Option<&GpuTensor>, limit: f32) {
+        let n = x.rows * x.cols;
+        let (xb, yb) = (x.mem.buf.clone(), y.map_or(self.dummy.clone(), |y| y.mem.buf.clone()));
+        self.dispatch(
+            op,
+            None,
+            &[n as u32, x.cols as u32, limit.to_bits(), 0],
+            &[&xb, &yb],
+            groups_1d(n),
+        );
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = GpuTensor;
+    type Rope = GpuRope;
+    type Cache = WgpuCache;
+
+    fn describe(&self) -> String {
+        format!("wgpu on {} ({:?} weights, f32 compute)", self.gpu.name(), self.dtype).to_lowercase()
+    }
+
+    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<GpuMatrix> {
+        let rows = w.shape.first().copied().unwrap_or(1);
+        if rows.div_ceil(4) > self.gpu.limits.max_compute_workgroups_per_dimension as usize {
+            bail!(
+                "a matrix with {rows} rows needs more workgroups than {} allows in one dimension",
+                self.gpu.name()
+            );
+        }
+        let dtype = match precision {
+            Precision::Storage => self.dtype,
+            Precision::Full => WeightDtype::F32,
+        };
+        self.upload_weight(w, dtype)
+    }
+
+    fn upload_vector(&mut self, w: HostTensor) -> Result<GpuVector> {
+        Ok(GpuVector {
+            buf: self.upload_bytes(bytemuck::cast_slice(&w.data), "a vector")?,
+        })
+    }
+
+    fn upload_experts(&mut self, w: HostTensor) -> Result<GpuMatrix> {
+        self.upload_weight(w, self.dtype)
+    }
+
+    fn upload_rope(&mut self, table: RopeTable) -> Result<GpuRope> {
+        let inv_freq = self.upload_bytes(bytemuck::cast_slice(&table.inv_freq), "rope frequencies")?;
+        Ok(GpuRope {
+            inv_freq,
+            attention_scale: table.attention_scale,
+        })
+    }
+
+    fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<WgpuCache> {
+        for (i, l) in spec.layers.iter().enumerate() {
+            if l.attn.head_dim > MAX_HEAD_DIM {
+                bail!(
+                    "layer {i}: head_dim {} is above the {MAX_HEAD_DIM} the attention kernel holds",
+                    l.attn.head_dim
+                );
+            }
+            if let crate::spec::FfnSpec::Moe(m) = &l.ffn {
+                if m.n_experts > MAX_EXPERTS {
+                    bail!(
+                        "layer {i}: {} experts is above the router kernel's {MAX_EXPERTS}",
+                        m.n_experts
+                    );
+                }
+            }
+        }
+        let context = self.context.min(spec.max_position_embeddings);
+        let mut layers = Vec::with_capacity(spec.n_layers());
+        for (i, l) in spec.layers.iter().enumerate() {
+            if l.attn.kv_source != i {
+                layers.push(None);
+                continue;
+            }
+            let capacity = l.attn.window().map_or(context, |w| (w + MAX_STEP_TOKENS).min(context));
+            let bytes = (slots * capacity * l.attn.kv_dim() * 4) as u64;
+            let max = self
+                .gpu
+                .limits
+                .max_storage_buffer_binding_size
+                .min(self.gpu.limits.max_buffer_size);
+            if bytes > max {
+                bail!("layer {i}: its KV cache for {slots} sequence(s) of {capacity} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", self.gpu.name());
+            }
+            let mut make = || {
+                let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("kv"),
+                    size: bytes.max(16),
+                    usage: STORAGE,
+                    mapped_at_creation: false,
+                });
+                let id = self.new_id();
+                Arc::new(GpuBuffer { buffer, id })
+            };
+            layers.push(Some(LayerKv {
+                k: make(),
+                v: make(),
+                capacity,
+            }));
+        }
+        // A step records about two dozen dispatches per layer: size the params ring for a whole step.
+        let ring_bytes = ((spec.n_layers() * 24 + 16) as u64 * PARAMS_STRIDE).next_power_of_two();
+        if ring_bytes > self.params_ring.buffer.size() {
+            self.flush()?;
+            let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params"),
+                size: ring_bytes.min(self.gpu.limits.max_buffer_size),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let id = self.new_id();
+            self.params_ring = Arc::new(GpuBuffer { buffer, id });
+            self.bind_groups.clear();
+        }
+        self.gpu.check()?;
+        Ok(WgpuCache {
+            layers,
+            lens: vec![0; slots],
+            context,
+        })
+    }
+
+    fn begin_step(&mut self, step: &Step) -> Result<()> {
+        if step.len() > MAX_STEP_TOKENS {
+            bail!(
+                "a step of {} tokens is above the wgpu backend's {MAX_STEP_TOKENS}",
+                step.len()
+            );
+        }
+        // The step buffers are rewritten below: what an earlier step recorded must run first.
+        self.flush()?;
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.step_tokens.buffer, 0, bytemuck::cast_slice(&step.tokens));
+        let positions: Vec<u32> = step.positions.iter().map(|&p| p as u32).collect();
+        q.write_buffer(&self.step_positions.buffer, 0, bytemuck::cast_slice(&positions));
+        let seqs: Vec<u32> = step.seqs.iter().map(|&s| s as u32).collect();
+        q.write_buffer(&self.step_seqs.buffer, 0, bytemuck::cast_slice(&seqs));
+        self.step = step.clone();
+        Ok(())
+    }
+
+    fn embed(&mut self, table: &GpuMatrix) -> GpuTensor {
+        let (rows, cols) = (self.step.len(), table.cols);
+        let out = self.tensor(rows, cols);
+        let bufs = [&table.buf.clone(), &self.step_tokens.clone(), &out.mem.buf.clone()];
+        self.dispatch(
+            Op::Embed,
+            Some(table.format),
+            &[rows as u32, cols as u32, 0, 0],
+            &bufs,
+            groups_1d(rows * cols),
+        );
+        out
+    }
+
+    fn rms_norm(&mut self, x: &GpuTensor, weight: &GpuVector, eps: f32, group: usize) -> GpuTensor {
+        let out = self.tensor(x.rows, x.cols);
+        let wlen = (weight.buf.buffer.size() / 4) as usize;
+        let wlen = if wlen >= x.cols { x.cols } else { group };
+        let params = [x.cols as u32, group as u32, wlen as u32, eps.to_bits()];
+        let bufs = [&x.mem.buf.clone(), &weight.buf.clone(), &out.mem.buf.clone()];
+        self.dispatch(
+            Op::RmsNorm,
+            None,
+            &params,
+            &bufs,
+            [(x.cols / group) as u32, x.rows as u32, 1],
+        );
+        out
+    }
+
+    fn linear(&mut self, x: &GpuTensor, w: &GpuMatrix, bias: Option<&GpuVector>) -> GpuTensor {
+        debug_assert_eq!(x.cols, w.cols);
+        let y = self.tensor(x.rows, w.rows);
+        let params = [x.rows as u32, w.cols as u32, w.rows as u32, bias.is_some() as u32];
+        let b = bias.map_or(self.dummy.clone(), |b| b.buf.clone());
+        let bufs = [&w.buf.clone(), &x.mem.buf.clone(), &b, &y.mem.buf.clone()];
+        self.dispatch(
+            Op::Matmul,
+            Some(w.format),
+            &params,
+            &bufs,
+            [w.rows.div_ceil(4) as u32, x.rows.div_ceil(4) as u32, 1],
+        );
+        y
+    }
+
+    fn clamp(&mut self, x: &mut GpuTensor, limit: f32) {
+        self.elementwise(Op::Clamp, x, None, limit);
+    }
+
+    fn apply_rope(&mut self, x: &mut GpuTensor, rope: &GpuRope, head_dim: usize) {
+        let params = [
+            x.rows as u32,
+            x.cols as u32,
+            head_dim as u32,
+            rope.attention_scale.to_bits(),
+        ];
+        let bufs = [&x.mem.buf.clone(), &self.step_positions.clone(), &rope.inv_freq.clone()];
+        self.dispatch(Op::Rope, None, &params, &bufs, groups_1d(x.rows * x.cols / 2));
+    }
+
+    fn attention(
+        &mut self,
+        cache: &mut WgpuCache,
+        spec: &AttnSpec,
+        q: &GpuTensor,
+        kv: Option<(&GpuTensor, &GpuTensor)>,
+        sinks: Option<&GpuVector>,
+    ) -> GpuTensor {
+        let layer = cache.layers[spec.kv_source]
+            .as_ref()
+            .expect("validated: the KV source layer owns a cache");
+        let (kc, vc, capacity) = (layer.k.clone(), layer.v.clone(), layer.capacity);
+        let (pos, seqs) = (self.step_positions.clone(), self.step_seqs.clone());
+        if let Some((k, v)) = kv {
+            let params = [k.rows as u32, spec.kv_dim() as u32, capacity as u32, 0];
+            let bufs = [&k.mem.buf.clone(), &v.mem.buf.clone(), &pos, &seqs, &kc, &vc];
+            self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(k.rows * spec.kv_dim()));
+        }
+        let out = self.tensor(q.rows, spec.q_dim());
+        let params = [
+            spec.n_heads as u32,
+            (spec.n_heads / spec.n_kv_heads) as u32,
+            spec.head_dim as u32,
+            spec.kv_dim() as u32,
+            capacity as u32,
+            spec.window().unwrap_or(0) as u32,
+            sinks.is_some() as u32,
+            spec.softmax_scale.to_bits(),
+        ];
+        let s = sinks.map_or(self.dummy.clone(), |s| s.buf.clone());
+        let bufs = [&q.mem.buf.clone(), &kc, &vc, &pos, &seqs, &s, &out.mem.buf.clone()];
+        self.dispatch(
+            Op::Attention,
+            None,
+            &params,
+            &bufs,
+            [spec.n_heads as u32, q.rows as u32, 1],
+        );
+        out
+    }
+
+    fn swiglu(&mut self, gate: &mut GpuTensor, up: &GpuTensor) {
+        self.elementwise(Op::SwiGlu, gate, Some(up), 0.0);
+    }
+
+    fn moe(&mut self, x: &GpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> GpuTensor {
+        let (t, h, i, e) = (x.rows, x.cols, spec.expert_intermediate, spec.n_experts);
+        let logits = self.linear(x, &w.router, w.router_bias.as_ref());
+        let r = &spec.router;
+        let (max_k, min_k, top_p, p) = match (r.order, r.selection) {
+            (
+                RouterOrder::ScoreThenSelect,
+                Selection::TopP {
+                    p,
+                    min_experts,
+                    max_experts,
+                },
+            ) => (max_experts, min_experts, 1, p),
+            (_, sel) => (sel.max_experts(), sel.max_experts(), 0, 1.0),
+        };
+        let (probs, chosen, weights, counts) = (
+            self.tensor(t, e),
+            self.tensor(t, max_k),
+            self.tensor(t, max_k),
+            self.tensor(t, 1),
+        );
+        let params = [
+            t as u32,
+            e as u32,
+            max_k as u32,
+            min_k as u32,
+            (r.scoring == Scoring::Sigmoid) as u32,
+            (r.order == RouterOrder::SelectThenScore) as u32,
+            top_p,
+            r.renormalize as u32,
+            p.to_bits(),
+            0,
+            0,
+            0,
+        ];
+        let (cb, wb, nb) = (chosen.mem.buf.clone(), weights.mem.buf.clone(), counts.mem.buf.clone());
+        let bufs = [&logits.mem.buf.clone(), &probs.mem.buf.clone(), &cb, &wb, &nb];
+        self.dispatch(Op::Router, None, &params, &bufs, [t.div_ceil(64) as u32, 1, 1]);
+
+        let act = self.tensor(t * max_k, i);
+        let (activation, alpha, limit) = match spec.activation {
+            ExpertActivation::SwiGlu => (0, 0.0f32, 0.0f32),
+            ExpertActivation::ClampedSwiGlu { alpha, limit } => (1, alpha, limit),
+        };
+        let gb = w.gate_up_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
+        let params = [
+            h as u32,
+            i as u32,
+            max_k as u32,
+            activation,
+            alpha.to_bits(),
+            limit.to_bits(),
+            w.gate_up_bias.is_some() as u32,
+            0,
+        ];
+        let bufs = [
+            &w.gate_up.buf.clone(),
+            &x.mem.buf.clone(),
+            &cb,
+            &nb,
+            &gb,
+            &act.mem.buf.clone(),
+        ];
+        self.dispatch(
+            Op::MoeGateUp,
+            Some(w.gate_up.format),
+            &params,
+            &bufs,
+            [i.div_ceil(4) as u32, max_k as u32, t as u32],
+        );
+
+        let out = self.tensor(t, h);
+        let db = w.down_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
+        let params = [h as u32, i as u32, max_k as u32, w.down_bias.is_some() as u32];
+        let bufs = [
+            &w.down.buf.clone(),
+            &act.mem.buf.clone(),
+            &cb,
+            &wb,
+            &nb,
+            &db,
+            &out.mem.buf.clone(),
+        ];
+        self.dispatch(
+            Op::MoeDown,
+            Some(w.down.format),
+            &params,
+            &bufs,
+            [h.div_ceil(4) as u32, t as u32, 1],
+        );
+        if let Some(trace) = self.routing.as_mut() {
+            trace.push(TracedRouting {
+                layer,
+                n_experts: e,
+                max_experts: max_k,
+                probs,
+                chosen,
+                weights,
+                counts,
+            });
+        }
+        out
+    }
+
+    fn sigmoid_gate(&mut self, x: &mut GpuTensor, gate: &GpuTensor) {
+        self.elementwise(Op::SigmoidGate, x, Some(gate), 0.0);
+    }
+
+    fn add_assign(&mut self, x: &mut GpuTensor, y: &GpuTensor) {
+        self.elementwise(Op::Add, x, Some(y), 0.0);
+    }
+
+    fn select_rows(&mut self, x: &GpuTensor, rows: &[usize]) -> GpuTensor {
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        self.gpu
+            .queue
+            .write_buffer(&self.step_rows.buffer, 0, bytemuck::cast_slice(&ids));
+        let out = self.tensor(rows.len(), x.cols);
+        let bufs = [&x.mem.buf.clone(), &self.step_rows.clone(), &out.mem.buf.clone()];
+        self.dispatch(
+            Op::GatherRows,
+            None,
+            &[rows.len() as u32, x.cols as u32, 0, 0],
+            &bufs,
+            groups_1d(rows.len() * x.cols),
+        );
+        out
+    }
+
+    fn end_step(&mut self, cache: &mut WgpuCache) -> Result<()> {
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
+        for (r, &slot) in self.step.seqs.iter().enumerate() {
+            cache.lens[slot] = cache.lens[slot].max(self.step.positions[r] + 1);
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, x: &GpuTensor) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(&x.mem.buf.clone(), (x.rows * x.cols * 4) as u64)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn trace_routing(&mut self, on: bool) {
+        self.routing = on.then(Vec::new);
+    }
+
+    fn take_routing(&mut self) -> Result<Vec<LayerRouting>> {
+        let traced = self.routing.as_mut().map(std::mem::take).unwrap_or_default();
+        let mut out = Vec::with_capacity(traced.len());
+        for r in traced {
+            let probs = self.read(&r.probs)?;
+            let chosen = self.read_u32(&r.chosen)?;
+            let weights = self.read(&r.weights)?;
+            let counts = self.read_u32(&r.counts)?;
+            let picks = counts
+                .iter()
+                .enumerate()
+                .map(|(t, &n)| {
+                    (0..n as usize)
+                        .map(|s| (chosen[t * r.max_experts + s] as usize, weights[t * r.max_experts + s]))
+                        .collect()
+                })
+                .collect();
+            out.push(LayerRouting {
+                layer: r.layer,
+                n_experts: r.n_experts,
+                probs,
+                chosen: picks,
+            });
+        }
+        Ok(out)
+    }
+}
