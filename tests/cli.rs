@@ -432,6 +432,36 @@ fn wgpu_backend_gives_the_cpu_logits() {
     assert!(diff < 1e-3, "wgpu and cpu logits differ by {diff}");
 }
 
+#[test]
+fn check_runs_every_kernel_and_reports_a_table() {
+    if volt_runtime_has_no_adapter() {
+        println!("SKIP volt check: no GPU adapter");
+        return;
+    }
+    let out = volt(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "volt check failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("attention") && stdout.contains("moe/top-p") && stdout.contains("bf16"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().last().unwrap().ends_with(" passed, 0 failed"),
+        "{stdout}"
+    );
+    let compiled = volt(&["check", "--compile-only"]);
+    assert!(
+        compiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compiled.stdout)
+    );
+    assert!(!String::from_utf8_lossy(&compiled.stdout).contains("FAILED"));
+}
+
 fn volt_runtime_has_no_adapter() -> bool {
     volt_runtime::backend::wgpu::gpu::adapters().is_empty()
 }

@@ -140,3 +140,41 @@ fn wgpu_matches_transformers_on_every_fixture() {
         failures.join("\n")
     );
 }
+
+/// The op-level conformance suite (what `volt check` prints) on every adapter found.
+#[test]
+fn conformance_suite_passes_on_every_adapter() {
+    let adapters = gpu::adapters();
+    if adapters.is_empty() {
+        println!("SKIP conformance: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    }
+    for adapter in adapters {
+        let name = gpu::adapter_name(&adapter.get_info());
+        let mut device = Some(Gpu::open(adapter).unwrap());
+        let results = volt_runtime::conformance::check_wgpu(
+            |dtype| {
+                let g = device.take().map_or_else(|| Gpu::open_default(), Ok)?;
+                WgpuBackend::with_gpu(g, dtype, 4096)
+            },
+            &[WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16],
+        )
+        .unwrap();
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.passed())
+            .map(|r| {
+                format!(
+                    "{name}: {} {:?} [{}]: error {:.2e} > {:.0e}; {}",
+                    r.op, r.dtype, r.shape, r.max_err, r.tolerance, r.worst
+                )
+            })
+            .collect();
+        println!(
+            "{name}: {} of {} op checks pass",
+            results.len() - failed.len(),
+            results.len()
+        );
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+}

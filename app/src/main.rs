@@ -1,6 +1,7 @@
 //! `volt`: the command line (and later the desktop chat app) on the shared runtime.
 
 mod backends;
+mod check;
 mod cli;
 mod eval;
 mod generate;
@@ -21,6 +22,7 @@ commands:
   logits     print the logits of every position of --ids as JSON
   info       parameters, layer layout and KV-cache size of a model or config.json
   perplexity perplexity of a text file (strided windows past the context)
+  check      run every GPU kernel against the CPU reference on every adapter (or --compile-only)
   route-stats per-layer expert load f_i, router probability P_i and the balance terms L_ST, L_EP, L_PEP
 
 run `volt <command> --help` for a command's flags";
@@ -70,6 +72,7 @@ fn run(args: &[String]) -> Result<()> {
         "info" => info::info(rest),
         "perplexity" => eval::perplexity(rest),
         "route-stats" => eval::route_stats(rest),
+        "check" => check::check(rest),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -78,7 +81,7 @@ fn run(args: &[String]) -> Result<()> {
             println!("volt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats)"),
+        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check)"),
     }
 }
 
@@ -89,9 +92,10 @@ fn help(command: &str) -> Result<&'static str> {
               [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--json]",
         "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8]",
         "info" => "volt info [--model DIR|config.json] [--context N] [--json]",
+        "check" => "volt check [--backend wgpu|cuda] [--compile-only]",
         "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
         "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
-        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats)"),
+        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check)"),
     })
 }
 

@@ -6,6 +6,7 @@ pub use error::{Error, Result, ResultExt};
 pub mod backend;
 pub mod chat_template;
 pub mod checkpoint;
+pub mod conformance;
 pub mod eval;
 pub mod generate;
 pub mod hf_config;

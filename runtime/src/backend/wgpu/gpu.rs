@@ -18,7 +18,10 @@ pub struct Gpu {
 /// An instance over `backends` (WGPU_BACKEND and friends in the environment can narrow the choice).
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    wgpu::Instance::new(wgpu::InstanceDescriptor { backends: desc.backends & backends, ..desc })
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: desc.backends & backends,
+        ..desc
+    })
 }
 
 /// Every adapter wgpu can open here (GPUs and software ones such as lavapipe). GL is only probed when no

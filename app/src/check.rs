@@ -1,0 +1,111 @@
+//! `volt check`: the conformance suite (every op against the CPU reference) on every GPU adapter found, as
+//! a table adapter x op x dtype; exit 0 only if all pass. `--compile-only` builds every kernel instead.
+
+use volt_runtime::backend::wgpu::gpu::{self, Gpu};
+use volt_runtime::backend::wgpu::kernels::Kernels;
+use volt_runtime::backend::wgpu::WgpuBackend;
+use volt_runtime::backend::WeightDtype;
+use volt_runtime::{bail, conformance, Result};
+
+use crate::cli::Flags;
+
+pub fn check(args: &[String]) -> Result<()> {
+    let flags = Flags::parse(args, &["backend"], &["compile-only"])?;
+    match flags.str("backend").unwrap_or("wgpu") {
+        "wgpu" => {}
+        "cuda" => bail!("backend cuda cannot be checked: {}", volt_cuda::unavailable_reason()),
+        other => bail!("volt check runs the GPU backends: --backend wgpu or cuda, not `{other}`"),
+    }
+    let adapters = gpu::adapters();
+    if adapters.is_empty() {
+        bail!("no GPU adapter found (no Vulkan, Metal, DX12 or GL driver; on Linux install mesa-vulkan-drivers)");
+    }
+    let mut failed = 0;
+    let mut total = 0;
+    for adapter in adapters {
+        let name = gpu::adapter_name(&adapter.get_info());
+        let gpu = match Gpu::open(adapter) {
+            Ok(g) => g,
+            Err(e) => {
+                println!("{name}: cannot open: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        if flags.has("compile-only") {
+            let built = Kernels::default().build_all(&gpu.device);
+            let status = gpu.check();
+            for (op, format) in &built {
+                println!(
+                    "{name:<48} {:<14} {:<5} {}",
+                    format!("{op:?}"),
+                    format.map(|f| format!("{f:?}")).unwrap_or("-".into()),
+                    if status.is_ok() { "compiled" } else { "FAILED" }
+                );
+            }
+            total += built.len();
+            if let Err(e) = status {
+                println!("{name}: {e}");
+                failed += built.len();
+            }
+            continue;
+        }
+        let mut gpu = Some(gpu);
+        let dtypes = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16];
+        let results = conformance::check_wgpu(
+            |dtype| {
+                // The first dtype gets the device opened above; later ones reopen the same adapter.
+                let g = match gpu.take() {
+                    Some(g) => g,
+                    None => reopen(&name)?,
+                };
+                WgpuBackend::with_gpu(g, dtype, 4096)
+            },
+            &dtypes,
+        );
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{name}: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        println!(
+            "{:<48} {:<14} {:<5} {:<44} {:>10} {:>9}  result",
+            "adapter", "op", "dtype", "shape", "max error", "tolerance"
+        );
+        for r in &results {
+            let verdict = if r.passed() {
+                "pass".to_string()
+            } else {
+                format!("FAIL ({})", r.worst)
+            };
+            println!(
+                "{name:<48} {:<14} {:<5} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
+                r.op,
+                format!("{:?}", r.dtype).to_lowercase(),
+                r.shape,
+                r.max_err,
+                r.tolerance
+            );
+        }
+        total += results.len();
+        failed += results.iter().filter(|r| !r.passed()).count();
+    }
+    println!("{} passed, {failed} failed", total - failed.min(total));
+    if failed > 0 {
+        bail!("{failed} of {total} checks failed");
+    }
+    Ok(())
+}
+
+fn reopen(name: &str) -> Result<Gpu> {
+    match gpu::adapters()
+        .into_iter()
+        .find(|a| gpu::adapter_name(&a.get_info()) == name)
+    {
+        Some(a) => Gpu::open(a),
+        None => bail!("adapter {name} disappeared"),
+    }
+}

@@ -1,0 +1,450 @@
+//! Backend conformance, after ggml's test-backend-ops: every op of a backend against the CPU reference
+//! with seeded random inputs and odd shapes (not multiples of any workgroup size). The CPU reference is
+//! built with the same weight dtype, so both round the weights identically and the tolerance measures the
+//! kernels alone. A failure names the index, the expected and the got value.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::wgpu::WgpuBackend;
+use crate::backend::{Backend, KvCache, MoeExperts, Precision, Step, WeightDtype};
+use crate::checkpoint::HostTensor;
+use crate::error::Result;
+use crate::rope::RopeTable;
+use crate::spec::{
+    AttnKind, AttnSpec, ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RopeScaling, RopeSpec,
+    RouterOrder, RouterSpec, Scoring, Selection,
+};
+
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub op: String,
+    pub dtype: WeightDtype,
+    pub shape: String,
+    pub max_err: f32,
+    pub tolerance: f32,
+    /// "index i: expected x, got y" at the worst element.
+    pub worst: String,
+}
+
+impl CaseResult {
+    pub fn passed(&self) -> bool {
+        self.max_err <= self.tolerance
+    }
+}
+
+/// Deterministic inputs: xorshift64*, values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        bits as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn tensor(&mut self, shape: &[usize], scale: f32) -> HostTensor {
+        let n = shape.iter().product();
+        HostTensor::new(shape.to_vec(), (0..n).map(|_| self.next() * scale).collect())
+    }
+}
+
+/// Relative-or-absolute error: |a - b| / max(1, |a|).
+fn compare(expected: &[f32], got: &[f32]) -> (f32, String) {
+    if expected.len() != got.len() {
+        return (
+            f32::INFINITY,
+            format!("length: expected {}, got {}", expected.len(), got.len()),
+        );
+    }
+    let mut worst = (0.0f32, 0usize);
+    for (i, (e, g)) in expected.iter().zip(got).enumerate() {
+        let err = (e - g).abs() / e.abs().max(1.0);
+        if !(err <= worst.0) {
+            worst = (if err.is_nan() { f32::INFINITY } else { err }, i);
+        }
+    }
+    let i = worst.1;
+    (
+        worst.0,
+        format!(
+            "index {i}: expected {}, got {}",
+            expected.get(i).copied().unwrap_or(0.0),
+            got.get(i).copied().unwrap_or(0.0)
+        ),
+    )
+}
+
+fn one_layer_spec(attn: AttnSpec, ffn: FfnSpec, hidden: usize) -> ModelSpec {
+    ModelSpec {
+        family: "conformance".into(),
+        vocab_size: 1,
+        hidden_size: hidden,
+        tie_word_embeddings: false,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 4096,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+        layers: vec![LayerSpec { attn, ffn }],
+    }
+}
+
+fn attn_spec(window: Option<usize>, heads: usize, kv_heads: usize, head_dim: usize, sinks: bool) -> AttnSpec {
+    AttnSpec {
+        kind: window.map_or(AttnKind::Full, |window| AttnKind::Sliding { window }),
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim,
+        qkv_bias: false,
+        o_bias: false,
+        qk_norm: QkNorm::None,
+        clip_qkv: None,
+        sinks,
+        softmax_scale: (head_dim as f32).powf(-0.5),
+        rope: RopeSpec {
+            theta: 10000.0,
+            scaling: RopeScaling::None,
+        },
+        kv_source: 0,
+    }
+}
+
+/// Two sequences: one prefilling `a` tokens then decoding one, the other prefilling `b` in the same step.
+fn steps(a: usize, b: usize) -> Vec<Step> {
+    let mut mixed = Step::single(0, &[1], a);
+    let second = Step::single(1, &vec![2; b], 0);
+    mixed.tokens.extend(second.tokens);
+    mixed.positions.extend(second.positions);
+    mixed.seqs.extend(second.seqs);
+    vec![Step::single(0, &vec![3; a], 0), mixed]
+}
+
+/// Runs every case on the wgpu backend and on the CPU reference with the same dtype.
+pub fn check_wgpu(
+    mut make: impl FnMut(WeightDtype) -> Result<WgpuBackend>,
+    dtypes: &[WeightDtype],
+) -> Result<Vec<CaseResult>> {
+    let mut results = Vec::new();
+    for &dtype in dtypes {
+        let mut reference = CpuBackend::new(dtype);
+        let mut backend = make(dtype)?;
+        for case in CASES {
+            let expected = (case.cpu)(&mut reference, &mut Rng(case.seed))?;
+            let got = (case.wgpu)(&mut backend, &mut Rng(case.seed))?;
+            let (max_err, worst) = compare(&expected, &got);
+            // Attention and MoE chain exponentials and several reductions.
+            let tolerance = if case.name.starts_with("attention") || case.name.starts_with("moe") {
+                2e-4
+            } else {
+                1e-4
+            };
+            results.push(CaseResult {
+                op: case.name.into(),
+                dtype,
+                shape: case.shape.into(),
+                max_err,
+                tolerance,
+                worst,
+            });
+        }
+    }
+    Ok(results)
+}
+
+/// One case, written once generically and instantiated for each backend.
+struct Case {
+    name: &'static str,
+    shape: &'static str,
+    seed: u64,
+    cpu: fn(&mut CpuBackend, &mut Rng) -> Result<Vec<f32>>,
+    wgpu: fn(&mut WgpuBackend, &mut Rng) -> Result<Vec<f32>>,
+}
+
+macro_rules! case {
+    ($name:expr, $shape:expr, $seed:expr, $f:ident) => {
+        Case {
+            name: $name,
+            shape: $shape,
+            seed: $seed,
+            cpu: $f,
+            wgpu: $f,
+        }
+    };
+}
+
+const CASES: &[Case] = &[
+    case!("matmul", "t=7 k=133 out=67 +bias", 1, matmul_case),
+    case!("matvec", "t=1 k=257 out=131", 2, matvec_case),
+    case!("embed", "vocab=37 hidden=45 t=5", 3, embed_case),
+    case!("rms_norm", "t=3 cols=70 group=70", 4, rms_norm_case),
+    case!("rms_norm/head", "t=3 cols=70 group=14", 5, head_norm_case),
+    case!("rope", "t=4 heads=3 head_dim=18", 6, rope_case),
+    case!("elementwise", "t=3 cols=77 add/swiglu/clamp/gate", 7, elementwise_case),
+    case!("select_rows", "rows 4 of 6, cols=29", 8, select_rows_case),
+    case!(
+        "attention",
+        "full, gqa 6/2, head_dim=20, 2 seqs",
+        9,
+        attention_full_case
+    ),
+    case!(
+        "attention",
+        "sliding w=5, sinks, head_dim=36, 2 seqs",
+        10,
+        attention_sliding_case
+    ),
+    case!("moe/top-k", "e=7 k=3 h=45 i=19 softmax renorm", 11, moe_topk_case),
+    case!("moe/top-p", "e=9 p=0.55 [1,4] h=33 i=21", 12, moe_topp_case),
+    case!(
+        "moe/gpt-oss",
+        "e=6 k=2 select-then-softmax, biases, clamp",
+        13,
+        moe_gptoss_case
+    ),
+    case!("moe/sigmoid", "e=5 k=2 sigmoid h=40 i=10", 14, moe_sigmoid_case),
+];
+
+fn matmul_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let w = be.upload_matrix(r.tensor(&[67, 133], 0.5), Precision::Storage)?;
+    let bias = be.upload_vector(r.tensor(&[67], 1.0))?;
+    let x = input(be, r, 7, 133)?;
+    let y = be.linear(&x, &w, Some(&bias));
+    be.read(&y)
+}
+
+fn matvec_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let w = be.upload_matrix(r.tensor(&[131, 257], 0.5), Precision::Storage)?;
+    let x = input(be, r, 1, 257)?;
+    let y = be.linear(&x, &w, None);
+    be.read(&y)
+}
+
+/// An activation tensor with the given values: rows of an identity-free path through `linear` would mix
+/// them, so inputs are made as the embedding of distinct tokens.
+fn input<B: Backend>(be: &mut B, r: &mut Rng, rows: usize, cols: usize) -> Result<B::Tensor> {
+    let table = be.upload_matrix(r.tensor(&[rows, cols], 1.0), Precision::Full)?;
+    let tokens: Vec<u32> = (0..rows as u32).collect();
+    be.begin_step(&Step::single(0, &tokens, 0))?;
+    Ok(be.embed(&table))
+}
+
+fn embed_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let table = be.upload_matrix(r.tensor(&[37, 45], 1.0), Precision::Storage)?;
+    be.begin_step(&Step::single(0, &[36, 0, 17, 17, 5], 0))?;
+    let x = be.embed(&table);
+    be.read(&x)
+}
+
+fn rms_norm_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let w = be.upload_vector(r.tensor(&[70], 1.0))?;
+    let x = input(be, r, 3, 70)?;
+    let y = be.rms_norm(&x, &w, 1e-5, 70);
+    be.read(&y)
+}
+
+fn head_norm_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let w = be.upload_vector(r.tensor(&[14], 1.0))?;
+    let x = input(be, r, 3, 70)?;
+    let y = be.rms_norm(&x, &w, 1e-5, 14);
+    be.read(&y)
+}
+
+fn rope_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let spec = RopeSpec {
+        theta: 500000.0,
+        scaling: RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 64.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: None,
+            mscale_all_dim: None,
+            attention_factor: None,
+            truncate: false,
+        },
+    };
+    let rope = be.upload_rope(RopeTable::new(&spec, 18))?;
+    let table = be.upload_matrix(r.tensor(&[4, 54], 1.0), Precision::Full)?;
+    // Positions far apart, one past 1000, to exercise the angle reduction.
+    let step = Step {
+        tokens: vec![0, 1, 2, 3],
+        positions: vec![0, 7, 130, 1031],
+        seqs: vec![0, 1, 2, 3],
+    };
+    be.begin_step(&step)?;
+    let mut x = be.embed(&table);
+    be.apply_rope(&mut x, &rope, 18);
+    be.read(&x)
+}
+
+fn elementwise_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let a = be.upload_matrix(r.tensor(&[3, 77], 3.0), Precision::Full)?;
+    let b = be.upload_matrix(r.tensor(&[3, 77], 3.0), Precision::Full)?;
+    let g = be.upload_matrix(r.tensor(&[3, 1], 3.0), Precision::Full)?;
+    be.begin_step(&Step::single(0, &[0, 1, 2], 0))?;
+    let mut x = be.embed(&a);
+    let y = be.embed(&b);
+    be.add_assign(&mut x, &y);
+    be.swiglu(&mut x, &y);
+    be.clamp(&mut x, 1.5);
+    let gate = be.embed(&g);
+    be.sigmoid_gate(&mut x, &gate);
+    be.read(&x)
+}
+
+fn select_rows_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let x = input(be, r, 6, 29)?;
+    let y = be.select_rows(&x, &[5, 0, 3, 3]);
+    be.read(&y)
+}
+
+fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec) -> Result<Vec<f32>> {
+    let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
+    let mut cache = be.new_cache(&model, 2)?;
+    let sinks = if spec.sinks {
+        Some(be.upload_vector(r.tensor(&[spec.n_heads], 2.0))?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    // 11 prefill tokens of sequence 0, then its decode token beside 6 prefill tokens of sequence 1.
+    for step in steps(11, 6) {
+        let t = step.len();
+        let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
+        let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let rows: Vec<u32> = (0..t as u32).collect();
+        be.begin_step(&Step {
+            tokens: rows,
+            ..step.clone()
+        })?;
+        let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
+        let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), sinks.as_ref());
+        be.end_step(&mut cache)?;
+        out.extend(be.read(&y)?);
+    }
+    debug_assert_eq!(cache.seq_len(1), 6);
+    Ok(out)
+}
+
+fn attention_full_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_case(be, r, attn_spec(None, 6, 2, 20, false))
+}
+
+fn attention_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_case(be, r, attn_spec(Some(5), 4, 1, 36, true))
+}
+
+fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize) -> Result<Vec<f32>> {
+    let (e, i) = (spec.n_experts, spec.expert_intermediate);
+    let experts = MoeExperts::<B> {
+        router: be.upload_matrix(r.tensor(&[e, hidden], 1.5), Precision::Full)?,
+        router_bias: if spec.router.bias {
+            Some(be.upload_vector(r.tensor(&[e], 1.0))?)
+        } else {
+            None
+        },
+        gate_up: be.upload_experts(r.tensor(&[e, 2 * i, hidden], 0.4))?,
+        down: be.upload_experts(r.tensor(&[e, hidden, i], 0.4))?,
+        gate_up_bias: if spec.expert_bias {
+            Some(be.upload_matrix(r.tensor(&[e, 2 * i], 1.0), Precision::Full)?)
+        } else {
+            None
+        },
+        down_bias: if spec.expert_bias {
+            Some(be.upload_matrix(r.tensor(&[e, hidden], 1.0), Precision::Full)?)
+        } else {
+            None
+        },
+    };
+    let x = input(be, r, 9, hidden)?;
+    be.trace_routing(true);
+    let y = be.moe(&x, &experts, &spec, 0);
+    let mut out = be.read(&y)?;
+    // The routing decision itself: expert ids and weights per token, in selection order.
+    for layer in be.take_routing()? {
+        for picks in layer.chosen {
+            out.push(picks.len() as f32);
+            out.extend(picks.iter().flat_map(|&(e, w)| [e as f32, w]));
+        }
+    }
+    be.trace_routing(false);
+    Ok(out)
+}
+
+fn moe_spec(e: usize, i: usize, router: RouterSpec, activation: ExpertActivation, expert_bias: bool) -> MoeSpec {
+    MoeSpec {
+        n_experts: e,
+        expert_intermediate: i,
+        router,
+        activation,
+        expert_bias,
+        shared: None,
+    }
+}
+
+fn router(scoring: Scoring, order: RouterOrder, selection: Selection, renormalize: bool, bias: bool) -> RouterSpec {
+    RouterSpec {
+        scoring,
+        order,
+        selection,
+        renormalize,
+        bias,
+    }
+}
+
+fn moe_topk_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let rt = router(
+        Scoring::Softmax,
+        RouterOrder::ScoreThenSelect,
+        Selection::TopK { k: 3 },
+        true,
+        false,
+    );
+    moe_case(be, r, moe_spec(7, 19, rt, ExpertActivation::SwiGlu, false), 45)
+}
+
+fn moe_topp_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let sel = Selection::TopP {
+        p: 0.55,
+        min_experts: 1,
+        max_experts: 4,
+    };
+    let rt = router(Scoring::Softmax, RouterOrder::ScoreThenSelect, sel, false, false);
+    moe_case(be, r, moe_spec(9, 21, rt, ExpertActivation::SwiGlu, false), 33)
+}
+
+fn moe_gptoss_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let rt = router(
+        Scoring::Softmax,
+        RouterOrder::SelectThenScore,
+        Selection::TopK { k: 2 },
+        false,
+        true,
+    );
+    moe_case(
+        be,
+        r,
+        moe_spec(
+            6,
+            16,
+            rt,
+            ExpertActivation::ClampedSwiGlu {
+                alpha: 1.702,
+                limit: 1.5,
+            },
+            true,
+        ),
+        32,
+    )
+}
+
+fn moe_sigmoid_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let rt = router(
+        Scoring::Sigmoid,
+        RouterOrder::ScoreThenSelect,
+        Selection::TopK { k: 2 },
+        true,
+        false,
+    );
+    moe_case(be, r, moe_spec(5, 10, rt, ExpertActivation::SwiGlu, false), 40)
+}
