@@ -1,6 +1,7 @@
 //! `volt`: the command line (and later the desktop chat app) on the shared runtime.
 
 mod backends;
+mod bench;
 mod check;
 mod cli;
 mod eval;
@@ -22,6 +23,7 @@ commands:
   logits     print the logits of every position of --ids as JSON
   info       parameters, layer layout and KV-cache size of a model or config.json
   perplexity perplexity of a text file (strided windows past the context)
+  bench      prefill/decode speed, time to first token, memory, decode bandwidth vs the device's copy bandwidth
   check      run every GPU kernel against the CPU reference on every adapter (or --compile-only)
   route-stats per-layer expert load f_i, router probability P_i and the balance terms L_ST, L_EP, L_PEP
 
@@ -73,6 +75,7 @@ fn run(args: &[String]) -> Result<()> {
         "perplexity" => eval::perplexity(rest),
         "route-stats" => eval::route_stats(rest),
         "check" => check::check(rest),
+        "bench" => bench::bench(rest),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -81,7 +84,9 @@ fn run(args: &[String]) -> Result<()> {
             println!("volt {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check)"),
+        other => {
+            bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check, bench)")
+        }
     }
 }
 
@@ -93,9 +98,10 @@ fn help(command: &str) -> Result<&'static str> {
         "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8]",
         "info" => "volt info [--model DIR|config.json] [--context N] [--json]",
         "check" => "volt check [--backend wgpu|cuda] [--compile-only]",
+        "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
         "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
         "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
-        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check)"),
+        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check, bench)"),
     })
 }
 

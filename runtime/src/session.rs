@@ -17,6 +17,10 @@ pub trait Session {
     /// Tokens cached for a sequence slot.
     fn seq_len(&self, slot: usize) -> usize;
     fn reset(&mut self, slot: usize);
+    /// Bytes the backend holds (weights, caches, activations).
+    fn allocated_bytes(&self) -> u64;
+    /// Measured copy bandwidth of the backend's memory, bytes (read + written) per second.
+    fn copy_bandwidth(&mut self) -> Result<f64>;
     /// Start or stop recording MoE routing; `take_routing` returns what was recorded.
     fn trace_routing(&mut self, on: bool);
     fn take_routing(&mut self) -> Result<Vec<LayerRouting>>;
@@ -62,6 +66,14 @@ impl<B: Backend> Session for BackendSession<B> {
 
     fn reset(&mut self, slot: usize) {
         self.cache.reset(slot)
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.backend.allocated_bytes()
+    }
+
+    fn copy_bandwidth(&mut self) -> Result<f64> {
+        self.backend.copy_bandwidth()
     }
 
     fn trace_routing(&mut self, on: bool) {

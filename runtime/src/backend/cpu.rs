@@ -35,6 +35,7 @@ pub struct CpuBackend {
     step: Step,
     /// Some while routing is traced.
     routing: Option<Vec<LayerRouting>>,
+    weight_bytes: u64,
 }
 
 impl CpuBackend {
@@ -43,10 +44,12 @@ impl CpuBackend {
             dtype,
             step: Step::default(),
             routing: None,
+            weight_bytes: 0,
         }
     }
 
-    fn round(&self, mut w: HostTensor) -> HostTensor {
+    fn round(&mut self, mut w: HostTensor) -> HostTensor {
+        self.weight_bytes += 4 * w.data.len() as u64;
         match self.dtype {
             WeightDtype::F32 => {}
             WeightDtype::F16 => w.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
@@ -268,11 +271,15 @@ impl Backend for CpuBackend {
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<HostTensor> {
         Ok(match precision {
             Precision::Storage => self.round(w),
-            Precision::Full => w,
+            Precision::Full => {
+                self.weight_bytes += 4 * w.data.len() as u64;
+                w
+            }
         })
     }
     fn upload_vector(&mut self, w: HostTensor) -> Result<HostTensor> {
         // Vectors (norm weights, biases, sinks) stay f32 on every backend: they are tiny.
+        self.weight_bytes += 4 * w.data.len() as u64;
         Ok(w)
     }
     fn upload_experts(&mut self, w: HostTensor) -> Result<HostTensor> {
@@ -506,6 +513,27 @@ impl Backend for CpuBackend {
 
     fn read(&mut self, x: &CpuTensor) -> Result<Vec<f32>> {
         Ok(x.data.clone())
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    fn copy_bandwidth(&mut self) -> Result<f64> {
+        const BYTES: usize = 256 << 20;
+        let src = vec![1u8; BYTES];
+        let mut dst = vec![0u8; BYTES];
+        let chunk = BYTES / rayon::current_num_threads().max(1);
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&dst);
+        Ok(2.0 * BYTES as f64 / best)
     }
 
     fn trace_routing(&mut self, on: bool) {

@@ -150,6 +150,12 @@ pub trait Backend: WeightTypes + Sized {
     /// The one read-back: the tensor's values, row-major.
     fn read(&mut self, x: &Self::Tensor) -> Result<Vec<f32>>;
 
+    /// Bytes the backend holds for weights, caches and activations.
+    fn allocated_bytes(&self) -> u64;
+    /// Copy bandwidth of the memory weights live in, in bytes moved (read + written) per second, measured
+    /// by copying a large buffer: the roofline decode is held against.
+    fn copy_bandwidth(&mut self) -> Result<f64>;
+
     /// Start or stop recording every MoE layer's routing (for routing diagnostics; off by default).
     fn trace_routing(&mut self, on: bool);
     /// The routing recorded since the last call, in step and layer order.

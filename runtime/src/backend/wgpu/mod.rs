@@ -154,6 +154,8 @@ pub struct WgpuBackend {
     routing: Option<Vec<TracedRouting>>,
     /// An error from a submission made while recording, returned by the next `end_step` or `read`.
     deferred_error: Option<Error>,
+    /// Bytes of every buffer created (weights, caches, activation pool, staging).
+    allocated: u64,
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -202,6 +204,7 @@ impl WgpuBackend {
             staging: None,
             routing: None,
             deferred_error: None,
+            allocated: 0,
         };
         backend.gpu.check()?;
         Ok(backend)
@@ -237,6 +240,7 @@ impl WgpuBackend {
             contents,
             usage: STORAGE,
         });
+        self.allocated += contents.len() as u64;
         let id = self.new_id();
         Ok(Arc::new(GpuBuffer { buffer, id }))
     }
@@ -259,6 +263,7 @@ impl WgpuBackend {
                     usage: STORAGE,
                     mapped_at_creation: false,
                 });
+                self.allocated += bytes;
                 let id = self.new_id();
                 Arc::new(GpuBuffer { buffer, id })
             }
@@ -564,6 +569,7 @@ impl Backend for WgpuBackend {
                 v: make(),
                 capacity,
             }));
+            self.allocated += 2 * bytes.max(16);
         }
         // A step records about two dozen dispatches per layer: size the params ring for a whole step.
         let ring_bytes = ((spec.n_layers() * 24 + 16) as u64 * PARAMS_STRIDE).next_power_of_two();
@@ -854,6 +860,43 @@ impl Backend for WgpuBackend {
     fn read(&mut self, x: &GpuTensor) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(&x.mem.buf.clone(), (x.rows * x.cols * 4) as u64)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    fn copy_bandwidth(&mut self) -> Result<f64> {
+        self.flush()?;
+        let bytes = (256u64 << 20).min(self.gpu.limits.max_buffer_size / 2);
+        let make = |label| {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (src, dst) = (make("copy-src"), make("copy-dst"));
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let mut encoder = self
+                .gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
+            for _ in 0..4 {
+                encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            self.gpu
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::msg(e.to_string()))?;
+            best = best.min(started.elapsed().as_secs_f64() / 4.0);
+        }
+        self.gpu.check()?;
+        Ok(2.0 * bytes as f64 / best)
     }
 
     fn trace_routing(&mut self, on: bool) {
