@@ -509,3 +509,128 @@ fn yi_lightning_layout_saves_the_reports_82_8_percent_of_kv() {
     );
     assert_eq!(layers[0]["window"], 4096);
 }
+
+fn text(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/text")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `volt route-stats` on the shipped model against the same statistics computed directly from the PyTorch
+/// reference (tools/route_stats_reference.py) on the same text, with 2 EP groups of 2 partitions.
+#[test]
+fn route_stats_match_the_pytorch_reference() {
+    let got = json_stdout(&volt(&[
+        "route-stats",
+        "--file",
+        &text("route_stats.txt"),
+        "--ep-groups",
+        "2",
+        "--partitions",
+        "2",
+        "--json",
+    ]));
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("route_stats").join("expected.json")).unwrap()).unwrap();
+    assert_eq!(got["tokens"], want["tokens"]);
+    let (got, want) = (got["layers"].as_array().unwrap(), want["layers"].as_array().unwrap());
+    assert_eq!(got.len(), want.len());
+    let close = |a: &serde_json::Value, b: &serde_json::Value, what: &str| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5, "{what}: volt {a}, reference {b}");
+    };
+    for (g, w) in got.iter().zip(want) {
+        let layer = w["layer"].as_u64().unwrap();
+        assert_eq!(g["layer"], w["layer"]);
+        assert_eq!(
+            g["experts_per_token"], w["experts_per_token"],
+            "layer {layer} histogram"
+        );
+        for key in ["f", "P", "load"] {
+            for (i, (a, b)) in g[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(w[key].as_array().unwrap())
+                .enumerate()
+            {
+                close(a, b, &format!("layer {layer} {key}[{i}]"));
+            }
+        }
+        close(&g["L_ST"]["raw"], &w["L_ST"], &format!("layer {layer} L_ST"));
+        for (a, b) in g["L_EP"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(w["L_EP"].as_array().unwrap())
+        {
+            close(a, b, &format!("layer {layer} L_EP"));
+        }
+        for (a, b) in g["L_PEP"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(w["L_PEP"].as_array().unwrap())
+        {
+            close(a, b, &format!("layer {layer} L_PEP"));
+        }
+        let scaled = g["L_ST"]["scaled"].as_f64().unwrap();
+        assert!((scaled - 1e-6 * g["L_ST"]["raw"].as_f64().unwrap()).abs() < 1e-15);
+    }
+}
+
+/// The shipped model on prose it never saw (Moby-Dick, chapter 1): perplexity far below its vocabulary.
+#[test]
+fn default_model_perplexity_on_unseen_prose_is_far_below_the_vocabulary() {
+    let v = json_stdout(&volt(&[
+        "perplexity",
+        "--file",
+        &text("moby_dick_ch1.txt"),
+        "--backend",
+        "cpu",
+        "--json",
+    ]));
+    let (ppl, tokens) = (v["ppl"].as_f64().unwrap(), v["tokens"].as_u64().unwrap());
+    let vocab = json_stdout(&volt(&["info", "--json"]))["vocab_size"].as_f64().unwrap();
+    assert!(tokens > 1000, "{tokens} tokens scored");
+    assert!(
+        ppl > 1.0 && ppl < vocab / 10.0,
+        "perplexity {ppl} against a vocabulary of {vocab}"
+    );
+}
+
+/// With no --model every command uses the shipped model, and it writes text.
+#[test]
+fn generate_without_a_model_uses_the_shipped_one() {
+    let v = json_stdout(&volt(&[
+        "generate",
+        "--prompt",
+        "It is a truth universally acknowledged",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0",
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    let text = v["text"].as_str().unwrap();
+    assert!(text.split_whitespace().count() >= 5, "generated: {text:?}");
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 3);
+    let chat = json_stdout(&volt(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "Who is Mr. Darcy?",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    assert!(!chat["tokens"].as_array().unwrap().is_empty());
+}

@@ -178,3 +178,32 @@ fn conformance_suite_passes_on_every_adapter() {
         assert!(failed.is_empty(), "{}", failed.join("\n"));
     }
 }
+
+/// The shipped model's perplexity on wgpu agrees with the CPU backend (the issue asks for 1%).
+#[test]
+fn default_model_perplexity_on_wgpu_matches_the_cpu() {
+    if gpu::adapters().is_empty() {
+        println!("SKIP wgpu perplexity: no GPU adapter");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/volt-tiny");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/text/route_stats.txt"))
+            .unwrap();
+    let ids = volt_runtime::tokenizer::Tokenizer::from_dir(&dir)
+        .unwrap()
+        .unwrap()
+        .encode(&text, false)
+        .unwrap();
+    let dtype = Checkpoint::open(&dir).unwrap().storage_dtype();
+    let mut cpu = BackendSession::load(CpuBackend::new(dtype), &dir, 1).unwrap();
+    let reference = volt_runtime::eval::perplexity(&mut cpu, &ids, 512, 256).unwrap();
+    let mut gpu = open(&dir, dtype).unwrap();
+    let got = volt_runtime::eval::perplexity(&mut gpu, &ids, 512, 256).unwrap();
+    let rel = (got.ppl - reference.ppl).abs() / reference.ppl;
+    println!(
+        "perplexity over {} tokens: cpu {:.4}, wgpu {:.4} ({:.2e} relative)",
+        got.tokens, reference.ppl, got.ppl, rel
+    );
+    assert!(rel < 0.01, "wgpu perplexity {} vs cpu {}", got.ppl, reference.ppl);
+}

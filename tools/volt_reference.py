@@ -249,9 +249,8 @@ class MoE(nn.Module):
         self.shared_experts = SwiGLU(H, cfg.n_shared_experts * I) if cfg.n_shared_experts else None
         self.last_routing: Routing | None = None
 
-    def forward(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
+    def route_tokens(self, x):
+        """x: [N, H] -> (mask [N, E] selected experts, w [N, E] their weights, 0 elsewhere)."""
         logits = F.linear(x.float(), self.gate.weight.float())
         probs = torch.softmax(logits, dim=-1)
         order, count = select_experts(probs.detach(), self.cfg)
@@ -263,13 +262,24 @@ class MoE(nn.Module):
         if self.cfg.norm_topk_prob:
             w = w / w.sum(-1, keepdim=True)
         self.last_routing = Routing(self.layer, logits.detach(), probs.detach(), order, count, w.detach())
-        self.aux_probs, self.aux_mask = probs, mask  # for the load-balancing loss in training
+        self.aux_probs = probs  # for the load-balancing loss in training
+        return mask, w
 
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            idx = mask[:, e].nonzero(as_tuple=True)[0]
-            if idx.numel():
-                out.index_add_(0, idx, expert(x[idx]) * w[idx, e, None].to(x.dtype))
+    def dispatch(self, x, mask, w):
+        """sum_e w[:, e] * expert_e(x) over the selected experts: (token, expert) pairs are
+        grouped by expert, gathered once and scattered back with one index_add."""
+        tok, exp = mask.nonzero(as_tuple=True)
+        perm = torch.argsort(exp, stable=True)
+        tok, exp = tok[perm], exp[perm]
+        sizes = torch.bincount(exp, minlength=mask.shape[1]).tolist()
+        ys = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, x[tok].split(sizes))])
+        return torch.zeros_like(x).index_add_(0, tok, ys * w[tok, exp, None].to(x.dtype))
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        mask, w = self.route_tokens(x)
+        out = self.dispatch(x, mask, w)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out.reshape(shape)
