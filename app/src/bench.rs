@@ -37,6 +37,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some(d) => WeightDtype::parse(d)?,
         None => volt_runtime::checkpoint::Checkpoint::open(&dir)?.storage_dtype(),
     };
+    let bytes_per_weight = session.bytes_per_weight();
     // Deterministic prompt ids spread over the vocabulary.
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 2654435761) % spec.vocab_size) as u32)
@@ -90,7 +91,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         0.0
     };
     let step_s = decode_tok_s / batch as f64;
-    let bytes_per_step = decode_bytes_per_step(&spec, dtype, batch, prompt_tokens + gen_tokens / 2);
+    let bytes_per_step = decode_bytes_per_step(&spec, bytes_per_weight, batch, prompt_tokens + gen_tokens / 2);
     let copy = session.copy_bandwidth()?;
     let achieved = bytes_per_step * step_s;
     let report = json!({
@@ -141,7 +142,7 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// Bytes one decode step must read: every weight a token touches (attention, the routed experts it may
 /// use, shared experts, norms, the LM head; one embedding row), once per step whatever the batch, plus
 /// each sequence's visible KV (f32) at `context` tokens.
-fn decode_bytes_per_step(spec: &ModelSpec, dtype: WeightDtype, batch: usize, context: usize) -> f64 {
+fn decode_bytes_per_step(spec: &ModelSpec, bytes_per_weight: f64, batch: usize, context: usize) -> f64 {
     let (_, active) = spec.parameter_counts();
     let embed = (spec.vocab_size * spec.hidden_size) as u64;
     // The embedding is read one row per token; untied, the head is a separate full read already counted.
@@ -149,10 +150,6 @@ fn decode_bytes_per_step(spec: &ModelSpec, dtype: WeightDtype, batch: usize, con
         active
     } else {
         active - embed + spec.hidden_size as u64
-    };
-    let bytes_per_weight = match dtype {
-        WeightDtype::F32 => 4.0,
-        WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
     };
     let kv: usize = spec
         .layers

@@ -19,6 +19,8 @@ pub trait Session {
     fn reset(&mut self, slot: usize);
     /// Bytes the backend holds (weights, caches, activations).
     fn allocated_bytes(&self) -> u64;
+    /// Bytes one stored weight of the bulk matrices takes.
+    fn bytes_per_weight(&self) -> f64;
     /// Measured copy bandwidth of the backend's memory, bytes (read + written) per second.
     fn copy_bandwidth(&mut self) -> Result<f64>;
     /// Start or stop recording MoE routing; `take_routing` returns what was recorded.
@@ -74,6 +76,10 @@ impl<B: Backend> Session for BackendSession<B> {
 
     fn copy_bandwidth(&mut self) -> Result<f64> {
         self.backend.copy_bandwidth()
+    }
+
+    fn bytes_per_weight(&self) -> f64 {
+        self.backend.bytes_per_weight()
     }
 
     fn trace_routing(&mut self, on: bool) {

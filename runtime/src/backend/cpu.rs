@@ -519,6 +519,11 @@ impl Backend for CpuBackend {
         self.weight_bytes
     }
 
+    fn bytes_per_weight(&self) -> f64 {
+        // f16/bf16 only round the values: the reference keeps every weight as f32.
+        4.0
+    }
+
     fn copy_bandwidth(&mut self) -> Result<f64> {
         const BYTES: usize = 256 << 20;
         let src = vec![1u8; BYTES];

@@ -866,6 +866,13 @@ impl Backend for WgpuBackend {
         self.allocated
     }
 
+    fn bytes_per_weight(&self) -> f64 {
+        match self.dtype {
+            WeightDtype::F32 => 4.0,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
+        }
+    }
+
     fn copy_bandwidth(&mut self) -> Result<f64> {
         self.flush()?;
         let bytes = (256u64 << 20).min(self.gpu.limits.max_buffer_size / 2);
