@@ -634,3 +634,22 @@ fn generate_without_a_model_uses_the_shipped_one() {
     ]));
     assert!(!chat["tokens"].as_array().unwrap().is_empty());
 }
+
+/// The terminal chat keeps a multi-turn conversation on the shipped model and quits on /exit.
+#[test]
+fn terminal_chat_answers_each_turn() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(["chat", "--terminal", "--backend", "cpu", "--max-tokens", "8", "--temperature", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Good morning!\n/reset\nHow is your sister?\n/exit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("volt> ").count(), 2, "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conversation cleared"));
+}

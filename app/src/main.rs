@@ -2,6 +2,7 @@
 
 mod backends;
 mod bench;
+mod chat;
 mod check;
 mod cli;
 mod eval;
@@ -19,6 +20,7 @@ volt: Mixture-of-Experts inference on the CPU, any GPU (wgpu) and Hopper (CUDA F
 usage: volt <command> [flags]
 
 commands:
+  chat       talk to the model (terminal; the shipped model unless --model)
   generate   generate text or tokens from a prompt (streams to stdout)
   logits     print the logits of every position of --ids as JSON
   info       parameters, layer layout and KV-cache size of a model or config.json
@@ -69,6 +71,7 @@ fn run(args: &[String]) -> Result<()> {
         return Ok(());
     }
     match command.as_str() {
+        "chat" => chat::chat(rest),
         "generate" => generate::generate(rest),
         "logits" => generate::logits(rest),
         "info" => info::info(rest),
@@ -85,13 +88,14 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         other => {
-            bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check, bench)")
+            bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench)")
         }
     }
 }
 
 fn help(command: &str) -> Result<&'static str> {
     Ok(match command {
+        "chat" => "volt chat [--model DIR] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S] [--backend B] [--dtype D] [--terminal]",
         "generate" => "volt generate [--model DIR] (--prompt TEXT | --ids LIST) [--max-tokens N] [--temperature T] [--top-k K]
               [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--chat] [--system TEXT]
               [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--json]",
@@ -101,7 +105,7 @@ fn help(command: &str) -> Result<&'static str> {
         "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
         "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
         "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
-        other => bail!("unknown command `{other}` (commands: generate, logits, info, perplexity, route-stats, check, bench)"),
+        other => bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench)"),
     })
 }
 
