@@ -5,7 +5,7 @@
 //! `block_sparse_moe.experts.{e}.w1` (gate), `w3` (up), `w2` (down). transformers v5 renames them to
 //! `mlp.gate` and fused `mlp.experts.gate_up_proj` / `down_proj`; both load.
 
-use super::{llama_layer, plain_moe, routed_moe_layer, sliding_windows, softmax_topk_moe, Dims, Family};
+use super::{llama_layer, plain_moe, qwen_moe_layer, sliding_windows, softmax_topk_moe, Dims, Family};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -37,7 +37,7 @@ impl Family for Mixtral {
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
         let hub = format!("model.layers.{l}.block_sparse_moe");
         if !ck.has(&format!("{hub}.gate.weight")) {
-            return routed_moe_layer(ck, spec, l);
+            return qwen_moe_layer(ck, spec, l, "shared_experts");
         }
         llama_layer(ck, spec, l, |m| {
             let experts = plain_moe(ck, &hub, "gate", ["w1", "w3", "w2"], m, spec.hidden_size)?;

@@ -329,15 +329,29 @@ pub fn softmax_topk_moe(cfg: &HfConfig, expert_size_key: &str, renormalize: bool
     })
 }
 
-/// A llama-style layer whose MoE holds only routed experts at `mlp.gate` / `mlp.experts.{e}.*_proj`.
-pub fn routed_moe_layer(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
+/// A llama-style layer whose MoE sits under `mlp`: router `mlp.gate`, experts `mlp.experts.{e}.*_proj` (or
+/// fused), and, when the spec has shared experts, a SwiGLU at `mlp.{shared}` scaled, if gated, by
+/// sigmoid(`mlp.{shared}_gate` [1, H]).
+pub fn qwen_moe_layer(ck: &Checkpoint, spec: &ModelSpec, l: usize, shared: &str) -> Result<Layer<Host>> {
+    let h = spec.hidden_size;
     let p = format!("model.layers.{l}.mlp");
     llama_layer(ck, spec, l, |m| {
-        let experts = plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, spec.hidden_size)?;
+        let experts = plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, h)?;
+        let Some(s) = &m.shared else {
+            return Ok(Moe {
+                experts,
+                shared: None,
+                shared_gate: None,
+            });
+        };
+        let shared_gate = s
+            .gated
+            .then(|| ck.f32(&format!("{p}.{shared}_gate.weight"), &[1, h]))
+            .transpose()?;
         Ok(Moe {
             experts,
-            shared: None,
-            shared_gate: None,
+            shared: Some(swiglu_mlp(ck, &format!("{p}.{shared}"), h, s.intermediate)?),
+            shared_gate,
         })
     })
 }

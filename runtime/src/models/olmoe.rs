@@ -1,7 +1,7 @@
 //! OLMoE (`olmoe`): every layer MoE with softmax top-k (renormalised iff `norm_topk_prob`);
 //! `intermediate_size` is per expert; q_norm/k_norm over the whole projections; optional `clip_qkv`.
 
-use super::{routed_moe_layer, softmax_topk_moe, Dims, Family};
+use super::{qwen_moe_layer, softmax_topk_moe, Dims, Family};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -34,6 +34,6 @@ impl Family for Olmoe {
     }
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
-        routed_moe_layer(ck, spec, l)
+        qwen_moe_layer(ck, spec, l, "shared_experts")
     }
 }

@@ -5,15 +5,12 @@
 //! Tensors under `model.layers.{l}.mlp`: `gate.weight` [E, H]; `experts.{e}.{gate,up,down}_proj.weight`
 //! (or fused `experts.gate_up_proj`); `shared_expert.{gate,up,down}_proj.weight`; `shared_expert_gate.weight` [1, H].
 
-use super::{
-    llama_layer, plain_moe, qwen_moe_layers, sliding_windows, softmax_topk_moe, swiglu_mlp, Dims, Family,
-    QWEN_EXPERT_NAMES,
-};
+use super::{qwen_moe_layer, qwen_moe_layers, sliding_windows, softmax_topk_moe, Dims, Family};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
-use crate::model::{Layer, Moe};
+use crate::model::Layer;
 use crate::spec::{FfnSpec, LayerSpec, ModelSpec, SharedExperts};
 
 pub struct Qwen2Moe;
@@ -55,24 +52,6 @@ impl Family for Qwen2Moe {
     }
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
-        let h = spec.hidden_size;
-        let p = format!("model.layers.{l}.mlp");
-        llama_layer(ck, spec, l, |m| {
-            let shared = m
-                .shared
-                .as_ref()
-                .map(|s| swiglu_mlp(ck, &format!("{p}.shared_expert"), h, s.intermediate))
-                .transpose()?;
-            let shared_gate = if m.shared.is_some() {
-                Some(ck.f32(&format!("{p}.shared_expert_gate.weight"), &[1, h])?)
-            } else {
-                None
-            };
-            Ok(Moe {
-                experts: plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, h)?,
-                shared,
-                shared_gate,
-            })
-        })
+        qwen_moe_layer(ck, spec, l, "shared_expert")
     }
 }

@@ -2,7 +2,7 @@
 //! top-k routing renormalised iff `norm_topk_prob`; no shared expert. `sliding_window` (when
 //! `use_sliding_window`) applies to every layer.
 
-use super::{qwen_moe_layers, routed_moe_layer, sliding_windows, softmax_topk_moe, Dims, Family};
+use super::{qwen_moe_layer, qwen_moe_layers, sliding_windows, softmax_topk_moe, Dims, Family};
 use crate::backend::Host;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -46,6 +46,6 @@ impl Family for Qwen3Moe {
     }
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
-        routed_moe_layer(ck, spec, l)
+        qwen_moe_layer(ck, spec, l, "shared_experts")
     }
 }

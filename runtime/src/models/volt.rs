@@ -6,13 +6,13 @@
 //! Tensors under `model.layers.{l}.mlp` of MoE layers: `gate.weight` [E, H]; `experts.{e}.{gate,up,down}_proj`;
 //! `shared_experts.{gate,up,down}_proj` [n_shared*I, H] / [H, n_shared*I].
 
-use super::{llama_layer, plain_moe, swiglu_mlp, Dims, Family, QWEN_EXPERT_NAMES};
+use super::{qwen_moe_layer, Dims, Family};
 use crate::backend::Host;
 use crate::bail;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hf_config::HfConfig;
-use crate::model::{Layer, Moe};
+use crate::model::Layer;
 use crate::spec::{
     ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection,
     SharedExperts,
@@ -55,20 +55,7 @@ impl Family for Volt {
     }
 
     fn layer(&self, ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<Layer<Host>> {
-        let h = spec.hidden_size;
-        let p = format!("model.layers.{l}.mlp");
-        llama_layer(ck, spec, l, |m| {
-            let shared = m
-                .shared
-                .as_ref()
-                .map(|s| swiglu_mlp(ck, &format!("{p}.shared_experts"), h, s.intermediate))
-                .transpose()?;
-            Ok(Moe {
-                experts: plain_moe(ck, &p, "gate", QWEN_EXPERT_NAMES, m, h)?,
-                shared,
-                shared_gate: None,
-            })
-        })
+        qwen_moe_layer(ck, spec, l, "shared_experts")
     }
 }
 
