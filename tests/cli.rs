@@ -640,13 +640,27 @@ fn generate_without_a_model_uses_the_shipped_one() {
 fn terminal_chat_answers_each_turn() {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .args(["chat", "--terminal", "--backend", "cpu", "--max-tokens", "8", "--temperature", "0"])
+        .args([
+            "chat",
+            "--terminal",
+            "--backend",
+            "cpu",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"Good morning!\n/reset\nHow is your sister?\n/exit\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Good morning!\n/reset\nHow is your sister?\n/exit\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -663,7 +677,53 @@ fn shipped_model_greedy_matches_the_pytorch_reference() {
         370, 1379, 356, 370, 350, 1443, 365, 382, 635, 638, 375, 350, 1043, 722, 282, 366, 414, 388, 398, 356, 370,
         350, 1443, 365, 382, 635, 638, 375, 350, 1043, 722, 356, 370, 350, 1043, 270, 397, 752, 402, 509,
     ];
-    let v = json_stdout(&volt(&["generate", "--ids", "1,917,478,398", "--max-tokens", "40", "--temperature", "0", "--ignore-eos", "--json", "--backend", "cpu"]));
-    let got: Vec<u64> = v["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let v = json_stdout(&volt(&[
+        "generate",
+        "--ids",
+        "1,917,478,398",
+        "--max-tokens",
+        "40",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    let got: Vec<u64> = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(got, reference);
+}
+
+/// Past the context, perplexity moves a window by the stride and scores every token once.
+#[test]
+fn perplexity_slides_windows_past_the_context() {
+    let full = json_stdout(&volt(&[
+        "perplexity",
+        "--file",
+        &text("moby_dick_ch1.txt"),
+        "--backend",
+        "cpu",
+        "--json",
+    ]));
+    let strided = json_stdout(&volt(&[
+        "perplexity",
+        "--file",
+        &text("moby_dick_ch1.txt"),
+        "--backend",
+        "cpu",
+        "--context",
+        "256",
+        "--stride",
+        "128",
+        "--json",
+    ]));
+    assert_eq!(strided["tokens"], full["tokens"], "each token scored once");
+    let (a, b) = (full["ppl"].as_f64().unwrap(), strided["ppl"].as_f64().unwrap());
+    // Less left context costs a little, never a lot: the model was trained on 256-token windows.
+    assert!(b >= a * 0.95 && b < a * 1.3, "full-context {a}, 256-token windows {b}");
 }
