@@ -117,10 +117,14 @@ def main():
     ap.add_argument("--write-card", action="store_true")
     ap.add_argument("--total-wall-s", type=float, default=None)
     ap.add_argument("--sample-tokens", type=int, default=120)
+    ap.add_argument("--card-only", action="store_true", help="rewrite README.md from train_log.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     out = Path(args.model)
+    if args.card_only:
+        write_card(out, json.loads((out / "train_log.json").read_text()))
+        return
     model = VoltForCausalLM.load(out)  # bf16 as stored -> float32
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     corpus = Path(args.corpus)
@@ -184,6 +188,9 @@ def write_card(out, log):
 
     tr = log["train"]
     total_wall = ev.get("total_wall_s")
+    paces = [(b["elapsed_s"] - a_["elapsed_s"]) / (b["step"] - a_["step"]) for a_, b in zip(tr, tr[1:])]
+    pace_txt = (f"The pace varied between {min(paces):.1f} and {max(paces):.1f} s/step over the run "
+                f"(other jobs shared the 2 cores at times).") if paces else ""
     samples = "\n\n".join(
         f"**Prompt:** {x['prompt']!r} (temperature {x['temperature']}, top-p {x['top_p']}, seed {x['seed']})\n\n"
         + quote(x["prompt"] + x["completion"]) for x in ev["samples"])
@@ -231,7 +238,7 @@ python3 tools/eval_volt.py --corpus /tmp/volt_build/corpus --model assets/volt-t
 The number of steps is set by the time budget: the trainer measures its own pace and
 re-plans the cosine schedule every 25 steps, so the run takes about the same time on a
 busy or an idle machine. This run took **{s['steps']} steps**; `--steps {s['steps']}`
-repeats it with a fixed count (same seed, data order and schedule shape).
+repeats it with a fixed count (same seed, data order and schedule shape). {pace_txt}
 
 ## Corpus
 
@@ -281,7 +288,7 @@ Chat template (ChatML) in tokenizer_config.json.
   the Yi-Lightning report (§2.2) with α = {a['aux_alpha']} (f_i: share of tokens whose top-1 expert is i,
   P_i: mean router probability).
 * CPU, {s['threads']} threads, torch {s['torch']}. **Training wall time {s['train_wall_s'] / 60:.1f} min**
-  {f"(whole pipeline {total_wall / 60:.1f} min)." if total_wall else ""}
+  {f"(corpus + tokenizer + training {total_wall / 60:.1f} min, evaluation {ev['eval_wall_s'] / 60:.1f} min)." if total_wall else ""}
 
 ![loss curve](loss_curve.png)
 
