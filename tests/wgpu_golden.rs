@@ -207,3 +207,27 @@ fn default_model_perplexity_on_wgpu_matches_the_cpu() {
     );
     assert!(rel < 0.01, "wgpu perplexity {} vs cpu {}", got.ppl, reference.ppl);
 }
+
+/// After the first decode steps, further steps allocate nothing: activations come from the pool, parameters
+/// from the ring, bind groups from the cache.
+#[test]
+fn decode_steps_allocate_no_new_device_memory() {
+    if gpu::adapters().is_empty() {
+        println!("SKIP wgpu allocation test: no GPU adapter");
+        return;
+    }
+    use volt_runtime::backend::Step;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/volt");
+    let mut s = open(&dir, WeightDtype::F16).unwrap();
+    s.forward(&Step::single(0, &[1, 2, 3, 4, 5], 0), &[4]).unwrap();
+    let mut after = Vec::new();
+    for pos in 5..15 {
+        s.forward(&Step::single(0, &[7], pos), &[0]).unwrap();
+        after.push(s.allocated_bytes());
+    }
+    println!("device bytes after each decode step: {after:?}");
+    assert!(
+        after[2..].iter().all(|&b| b == after[2]),
+        "decode keeps allocating: {after:?}"
+    );
+}
