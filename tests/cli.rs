@@ -29,6 +29,19 @@ fn scratch_copy(name: &str, tag: &str) -> PathBuf {
     dir
 }
 
+/// `volt logits --model DIR --ids IDS --backend cpu`.
+fn logits_on_cpu(dir: &Path, ids: &str) -> Output {
+    volt(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        ids,
+        "--backend",
+        "cpu",
+    ])
+}
+
 /// Fails unless the command failed with exactly one `error: ...` line mentioning `needle`.
 fn assert_clean_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -56,15 +69,7 @@ fn json_stdout(out: &Output) -> serde_json::Value {
 #[test]
 fn logits_prints_one_json_row_per_position() {
     let dir = fixture("llama");
-    let out = volt(&[
-        "logits",
-        "--model",
-        dir.to_str().unwrap(),
-        "--ids",
-        "3,17,42",
-        "--backend",
-        "cpu",
-    ]);
+    let out = logits_on_cpu(&dir, "3,17,42");
     let v = json_stdout(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim().lines().count(),
@@ -188,18 +193,7 @@ fn missing_weights_are_a_clean_error() {
             std::fs::remove_file(p).unwrap();
         }
     }
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,2",
-            "--backend",
-            "cpu",
-        ]),
-        "safetensors",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "safetensors");
 }
 
 #[test]
@@ -213,18 +207,7 @@ fn truncated_weights_are_a_clean_error() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,2",
-            "--backend",
-            "cpu",
-        ]),
-        "truncated or corrupt",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "truncated or corrupt");
 }
 
 #[test]
@@ -235,36 +218,14 @@ fn corrupt_weights_are_a_clean_error() {
         b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
     )
     .unwrap();
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,2",
-            "--backend",
-            "cpu",
-        ]),
-        "corrupt",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "corrupt");
 }
 
 #[test]
 fn malformed_config_is_a_clean_error() {
     let dir = scratch_copy("llama", "badconfig");
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"llama\", ").unwrap();
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,2",
-            "--backend",
-            "cpu",
-        ]),
-        "config.json",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("config.json")).unwrap()).unwrap();
     cfg["hidden_size"] = "wide".into();
@@ -282,18 +243,7 @@ fn unknown_architecture_is_a_clean_error() {
         .unwrap()
         .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,2",
-            "--backend",
-            "cpu",
-        ]),
-        "unknown architecture `gpt_neox`",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "unknown architecture `gpt_neox`");
 }
 
 #[test]
@@ -304,15 +254,7 @@ fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
     let inter = cfg["intermediate_size"].as_u64().unwrap();
     cfg["intermediate_size"] = (inter + 2).into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let out = volt(&[
-        "logits",
-        "--model",
-        dir.to_str().unwrap(),
-        "--ids",
-        "1,2",
-        "--backend",
-        "cpu",
-    ]);
+    let out = logits_on_cpu(&dir, "1,2");
     assert_clean_error(&out, "mlp.gate_proj.weight");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -324,47 +266,14 @@ fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
 #[test]
 fn token_outside_vocabulary_is_a_clean_error() {
     let dir = fixture("llama");
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,999999",
-            "--backend",
-            "cpu",
-        ]),
-        "outside the vocabulary",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, "1,999999"), "outside the vocabulary");
 }
 
 #[test]
 fn empty_input_is_a_clean_error() {
     let dir = fixture("llama");
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "",
-            "--backend",
-            "cpu",
-        ]),
-        "empty input",
-    );
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1,,2",
-            "--backend",
-            "cpu",
-        ]),
-        "not a token id",
-    );
+    assert_clean_error(&logits_on_cpu(&dir, ""), "empty input");
+    assert_clean_error(&logits_on_cpu(&dir, "1,,2"), "not a token id");
 }
 
 #[test]

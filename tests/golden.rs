@@ -2,61 +2,17 @@
 //! tools/make_fixtures.py with transformers) must give transformers' logits at every position within the
 //! fixture's tolerance, and the same 10 greedy tokens.
 
-use std::path::{Path, PathBuf};
+#[path = "common.rs"]
+mod common;
 
+use std::path::Path;
+
+use common::{expected, fixtures, fixtures_root};
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::WeightDtype;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::session::{BackendSession, Session};
-
-struct Expected {
-    ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy: Vec<u32>,
-    atol: f32,
-}
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("tests/fixtures exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected.json").exists() && p.join("config.json").exists())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn expected(dir: &Path) -> Expected {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = |key: &str| {
-        v[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect::<Vec<u32>>()
-    };
-    Expected {
-        ids: ids("ids"),
-        logits: v["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect(),
-        greedy: ids("greedy"),
-        atol: v["atol"].as_f64().unwrap_or(2e-3) as f32,
-    }
-}
 
 /// Largest |expected - got| over all positions, with where it is.
 fn max_abs_diff(expected: &[Vec<f32>], got: &[Vec<f32>]) -> (f32, usize, usize) {
@@ -141,9 +97,7 @@ fn cpu_matches_transformers_on_every_fixture() {
 }
 
 fn load(name: &str, slots: usize) -> BackendSession<CpuBackend> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name);
+    let dir = fixtures_root().join(name);
     BackendSession::load(CpuBackend::new(WeightDtype::F32), &dir, slots).unwrap()
 }
 

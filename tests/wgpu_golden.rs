@@ -5,7 +5,12 @@
 //!   fixtures' logits by up to ~5e-2 from transformers' f32, on every backend alike).
 //! Runs on whatever adapter wgpu finds (lavapipe in CI); with none it prints SKIP and the reason.
 
-use std::path::{Path, PathBuf};
+#[path = "common.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::{expected, fixtures};
 
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::wgpu::gpu::{self, Gpu};
@@ -15,17 +20,6 @@ use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::session::{BackendSession, Session};
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected.json").exists() && p.join("config.json").exists())
-        .collect();
-    dirs.sort();
-    dirs
-}
 
 fn open(dir: &Path, dtype: WeightDtype) -> Result<BackendSession<WgpuBackend>, String> {
     let gpu = Gpu::open_default().map_err(|e| e.to_string())?;
@@ -42,39 +36,19 @@ fn wgpu_matches_transformers_on_every_fixture() {
     let mut failures = Vec::new();
     for dir in fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        let ids: Vec<u32> = v["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let greedy: Vec<u32> = v["greedy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let expected: Vec<Vec<f32>> = v["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect();
+        let common::Expected {
+            ids,
+            logits: expected,
+            greedy,
+            atol,
+        } = expected(&dir);
         let default_dtype = Checkpoint::open(&dir).unwrap().storage_dtype();
         let cpu_f16 = {
             let mut cpu = BackendSession::load(CpuBackend::new(WeightDtype::F16), &dir, 1).unwrap();
             prompt_logits(&mut cpu, 0, &ids).unwrap()
         };
         let checks = [
-            ("f32 vs transformers", WeightDtype::F32, &expected, 2e-3f32),
+            ("f32 vs transformers", WeightDtype::F32, &expected, atol),
             ("default vs transformers", default_dtype, &expected, 5e-2),
             ("f16 vs cpu f16", WeightDtype::F16, &cpu_f16, 2e-3),
         ];
