@@ -29,8 +29,8 @@ fn scratch_copy(name: &str, tag: &str) -> PathBuf {
     dir
 }
 
-/// `volt logits --model DIR --ids IDS --backend cpu`.
-fn logits_on_cpu(dir: &Path, ids: &str) -> Output {
+/// `volt logits --model DIR --ids IDS --backend BACKEND`.
+fn logits_on(backend: &str, dir: &Path, ids: &str) -> Output {
     volt(&[
         "logits",
         "--model",
@@ -38,7 +38,7 @@ fn logits_on_cpu(dir: &Path, ids: &str) -> Output {
         "--ids",
         ids,
         "--backend",
-        "cpu",
+        backend,
     ])
 }
 
@@ -69,7 +69,7 @@ fn json_stdout(out: &Output) -> serde_json::Value {
 #[test]
 fn logits_prints_one_json_row_per_position() {
     let dir = fixture("llama");
-    let out = logits_on_cpu(&dir, "3,17,42");
+    let out = logits_on("cpu", &dir, "3,17,42");
     let v = json_stdout(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim().lines().count(),
@@ -193,7 +193,7 @@ fn missing_weights_are_a_clean_error() {
             std::fs::remove_file(p).unwrap();
         }
     }
-    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "safetensors");
+    assert_clean_error(&logits_on("cpu", &dir, "1,2"), "safetensors");
 }
 
 #[test]
@@ -207,7 +207,7 @@ fn truncated_weights_are_a_clean_error() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "truncated or corrupt");
+    assert_clean_error(&logits_on("cpu", &dir, "1,2"), "truncated or corrupt");
 }
 
 #[test]
@@ -218,14 +218,14 @@ fn corrupt_weights_are_a_clean_error() {
         b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
     )
     .unwrap();
-    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "corrupt");
+    assert_clean_error(&logits_on("cpu", &dir, "1,2"), "corrupt");
 }
 
 #[test]
 fn malformed_config_is_a_clean_error() {
     let dir = scratch_copy("llama", "badconfig");
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"llama\", ").unwrap();
-    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "config.json");
+    assert_clean_error(&logits_on("cpu", &dir, "1,2"), "config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("config.json")).unwrap()).unwrap();
     cfg["hidden_size"] = "wide".into();
@@ -243,7 +243,7 @@ fn unknown_architecture_is_a_clean_error() {
         .unwrap()
         .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
-    assert_clean_error(&logits_on_cpu(&dir, "1,2"), "unknown architecture `gpt_neox`");
+    assert_clean_error(&logits_on("cpu", &dir, "1,2"), "unknown architecture `gpt_neox`");
 }
 
 #[test]
@@ -254,7 +254,7 @@ fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
     let inter = cfg["intermediate_size"].as_u64().unwrap();
     cfg["intermediate_size"] = (inter + 2).into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let out = logits_on_cpu(&dir, "1,2");
+    let out = logits_on("cpu", &dir, "1,2");
     assert_clean_error(&out, "mlp.gate_proj.weight");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -266,31 +266,20 @@ fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
 #[test]
 fn token_outside_vocabulary_is_a_clean_error() {
     let dir = fixture("llama");
-    assert_clean_error(&logits_on_cpu(&dir, "1,999999"), "outside the vocabulary");
+    assert_clean_error(&logits_on("cpu", &dir, "1,999999"), "outside the vocabulary");
 }
 
 #[test]
 fn empty_input_is_a_clean_error() {
     let dir = fixture("llama");
-    assert_clean_error(&logits_on_cpu(&dir, ""), "empty input");
-    assert_clean_error(&logits_on_cpu(&dir, "1,,2"), "not a token id");
+    assert_clean_error(&logits_on("cpu", &dir, ""), "empty input");
+    assert_clean_error(&logits_on("cpu", &dir, "1,,2"), "not a token id");
 }
 
 #[test]
 fn unknown_backend_and_flags_are_clean_errors() {
     let dir = fixture("llama");
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1",
-            "--backend",
-            "tpu",
-        ]),
-        "unknown backend `tpu`",
-    );
+    assert_clean_error(&logits_on("tpu", &dir, "1"), "unknown backend `tpu`");
     assert_clean_error(
         &volt(&[
             "logits",
@@ -378,18 +367,7 @@ fn volt_runtime_has_no_adapter() -> bool {
 #[test]
 fn unavailable_backends_say_why() {
     let dir = fixture("llama");
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1",
-            "--backend",
-            "cuda",
-        ]),
-        "backend cuda cannot start",
-    );
+    assert_clean_error(&logits_on("cuda", &dir, "1"), "backend cuda cannot start");
 }
 
 #[test]
