@@ -1,11 +1,18 @@
-// y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]). W is read through the weight prelude (f32, f16, fp8).
+// y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]). W is read through the weight prelude (f32, f16, bf16, fp8).
 // One workgroup computes 4 outputs for 4 tokens: each weight value loaded serves 4 tokens, so decode
 // (t = 1) streams W once and prefill reads it t/4 times. 64 threads split k; a shared-memory tree sums.
+// A matrix too large for one binding comes in row parts: this dispatch's W holds rows out_base.. of y.
 struct Params {
     tokens: u32,
     k: u32,
+    // rows of this part
     outputs: u32,
     has_bias: u32,
+    // columns of y (all parts)
+    out_stride: u32,
+    out_base: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,9 +61,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         if (o < p.outputs && t < p.tokens) {
             var v = red[lid.x];
             if (p.has_bias != 0u) {
-                v += bias[o];
+                v += bias[p.out_base + o];
             }
-            y[t * p.outputs + o] = v;
+            y[t * p.out_stride + p.out_base + o] = v;
         }
     }
 }

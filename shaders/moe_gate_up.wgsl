@@ -2,6 +2,8 @@
 // act[t, slot, i] = act(gate_e[i] . x_t + bg, up_e[i] . x_t + bu). Expert ids come from the router's GPU
 // buffer. Gate and up are stacked as one [E * 2I, H] matrix (expert e's gate rows, then its up rows).
 // One workgroup per (4 intermediate rows, slot, token); slots past the token's count do nothing.
+// Experts too large for one binding come in parts: this dispatch's W holds experts first_expert.. and
+// skips slots routed elsewhere.
 struct Params {
     hidden: u32,
     inter: u32,
@@ -11,7 +13,11 @@ struct Params {
     alpha: f32,
     limit: f32,
     has_bias: u32,
-    _pad: u32,
+    first_expert: u32,
+    part_experts: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,20 +37,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let slot = wid.y;
     let t = wid.z;
     if (lid.x == 0u) {
-        slot_active = select(0u, 1u, slot < counts[t]);
         expert = chosen[t * p.max_experts + slot];
+        slot_active = select(0u, 1u, slot < counts[t] && expert - p.first_expert < p.part_experts);
     }
     if (workgroupUniformLoad(&slot_active) == 0u) {
         return;
     }
     let e = workgroupUniformLoad(&expert);
+    let local = e - p.first_expert;
     let i0 = wid.x * 4u;
     var acc: array<f32, 8>;
     for (var k = lid.x; k < p.hidden; k += 64u) {
         let xv = x[t * p.hidden + k];
         for (var r = 0u; r < 4u; r++) {
             if (i0 + r < p.inter) {
-                let row = e * 2u * p.inter + i0 + r;
+                let row = local * 2u * p.inter + i0 + r;
                 acc[r] += w_at(row, k, p.hidden) * xv;
                 acc[4u + r] += w_at(row + p.inter, k, p.hidden) * xv;
             }

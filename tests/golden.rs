@@ -10,6 +10,8 @@ use std::path::Path;
 use common::{expected, fixtures, fixtures_root};
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::WeightDtype;
+use volt_runtime::checkpoint::Checkpoint;
+use volt_runtime::fp8;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::session::{BackendSession, Session};
@@ -205,4 +207,33 @@ fn routing_matches_the_reference_expert_for_expert() {
         checked += 1;
     }
     assert!(checked >= 2, "no fixture with reference routing");
+}
+
+/// Block-scaled FP8 checkpoints load as stored: dequantizing with the `weight_scale_inv` blocks and
+/// quantizing again (what `--dtype fp8`, the default for them, does at upload) gives back the checkpoint's
+/// own codes and scales, so Volt runs the published FP8 weights, not a requantized approximation.
+#[test]
+fn fp8_checkpoints_requantize_to_their_own_bytes() {
+    for fixture in ["qwen3_fp8", "qwen3_moe_fp8"] {
+        let ck = Checkpoint::open(&fixtures_root().join(fixture)).unwrap();
+        assert_eq!(ck.storage_dtype(), WeightDtype::Fp8, "{fixture}");
+        let mut checked = 0;
+        for name in ck.names() {
+            let shape = ck.shape(name).unwrap().to_vec();
+            let (dtype, codes) = ck.bytes(name, &shape).unwrap();
+            if format!("{dtype:?}") != "F8_E4M3" {
+                continue;
+            }
+            let grid = fp8::BlockGrid::of(&shape);
+            let scales = ck
+                .f32(&format!("{name}_scale_inv"), &[grid.row_blocks(), grid.col_blocks()])
+                .unwrap();
+            let (requantized, rescaled) = fp8::quantize(&ck.f32(name, &shape).unwrap().data, grid);
+            assert_eq!(requantized, codes, "{fixture} {name}: codes differ");
+            assert_eq!(rescaled, scales.data, "{fixture} {name}: scales differ");
+            checked += 1;
+        }
+        println!("{fixture}: {checked} FP8 tensors requantize to their stored codes and scales");
+        assert!(checked > 0);
+    }
 }

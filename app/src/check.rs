@@ -51,7 +51,7 @@ pub fn check(args: &[String]) -> Result<()> {
             continue;
         }
         let mut gpu = Some(gpu);
-        let dtypes = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16];
+        let dtypes = WeightDtype::ALL;
         let results = conformance::check_wgpu(
             |dtype| {
                 // The first dtype gets the device opened above; later ones reopen the same adapter.

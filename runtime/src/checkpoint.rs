@@ -1,6 +1,7 @@
 //! Safetensors checkpoints: one file or shards behind `model.safetensors.index.json`, memory-mapped, with
 //! every tensor's header read once at open. Tensors come out as f32 host tensors whatever the dtype on disk
-//! (f32, f16, bf16; MXFP4 expert blocks through `mxfp4_f32`), after a check of their shape.
+//! (f32, f16, bf16; FP8 E4M3 with its `_scale_inv` block scales; MXFP4 expert blocks through `mxfp4_f32`),
+//! after a check of their shape.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -98,6 +99,13 @@ impl Checkpoint {
         self.tensors.contains_key(name)
     }
 
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.tensors.get(name).map(|(_, info)| info.shape.as_slice())
     }
@@ -106,18 +114,19 @@ impl Checkpoint {
     /// default a backend keeps weights in. MXFP4 blocks count as bf16, the dtype GPT-OSS ships the rest in.
     pub fn storage_dtype(&self) -> crate::backend::WeightDtype {
         use crate::backend::WeightDtype;
-        let mut bytes = [0u64; 3];
+        let mut bytes = [0u64; 4];
         for (_, info) in self.tensors.values() {
             let n = (info.data_offsets.1 - info.data_offsets.0) as u64;
             match info.dtype {
                 Dtype::F32 => bytes[0] += n,
                 Dtype::F16 => bytes[1] += n,
                 Dtype::BF16 | Dtype::U8 => bytes[2] += n,
+                Dtype::F8_E4M3 => bytes[3] += n,
                 _ => {}
             }
         }
-        let most = (0..3).max_by_key(|&i| (bytes[i], std::cmp::Reverse(i))).unwrap_or(0);
-        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16][most]
+        let most = (0..4).max_by_key(|&i| (bytes[i], std::cmp::Reverse(i))).unwrap_or(0);
+        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Fp8][most]
     }
 
     /// Total bytes of the tensor data on disk.
@@ -164,9 +173,28 @@ impl Checkpoint {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
+            Dtype::F8_E4M3 => return self.fp8_f32(name, shape, bytes),
+            other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F8_E4M3"),
         };
         Ok(HostTensor::new(shape.to_vec(), data))
+    }
+
+    /// An F8_E4M3 matrix dequantized with its block scales `{name}_scale_inv` ([ceil(rows/128), ceil(cols/128)],
+    /// any float dtype), the layout of Hugging Face FP8 checkpoints.
+    fn fp8_f32(&self, name: &str, shape: &[usize], codes: &[u8]) -> Result<HostTensor> {
+        if shape.len() != 2 {
+            bail!("tensor `{name}` is F8_E4M3 with shape {shape:?}; block-scaled FP8 needs a matrix");
+        }
+        let grid = crate::fp8::BlockGrid::of(shape);
+        let scale_name = format!("{name}_scale_inv");
+        if !self.has(&scale_name) {
+            bail!("tensor `{name}` is F8_E4M3 but its block scales `{scale_name}` are missing");
+        }
+        let scales = self.f32(&scale_name, &[grid.row_blocks(), grid.col_blocks()])?;
+        Ok(HostTensor::new(
+            shape.to_vec(),
+            crate::fp8::dequantize(codes, &scales.data, grid),
+        ))
     }
 
     /// An optional tensor: None when absent, an error when present with the wrong shape.

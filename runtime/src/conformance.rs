@@ -343,15 +343,15 @@ fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize) -
         } else {
             None
         },
-        gate_up: be.upload_experts(r.tensor(&[e, 2 * i, hidden], 0.4))?,
+        gate_up: be.upload_experts(r.tensor(&[e, 2, i, hidden], 0.4))?,
         down: be.upload_experts(r.tensor(&[e, hidden, i], 0.4))?,
         gate_up_bias: if spec.expert_bias {
-            Some(be.upload_matrix(r.tensor(&[e, 2 * i], 1.0), Precision::Full)?)
+            Some(be.upload_vector(r.tensor(&[e, 2, i], 1.0))?)
         } else {
             None
         },
         down_bias: if spec.expert_bias {
-            Some(be.upload_matrix(r.tensor(&[e, hidden], 1.0), Precision::Full)?)
+            Some(be.upload_vector(r.tensor(&[e, hidden], 1.0))?)
         } else {
             None
         },

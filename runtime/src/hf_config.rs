@@ -39,6 +39,31 @@ impl HfConfig {
         HfConfig { map }
     }
 
+    /// The checkpoint's `quantization_config`: the formats Volt decodes (FP8 E4M3 with 128x128 block scales,
+    /// MXFP4 experts) pass; anything else (GPTQ, AWQ, bitsandbytes...) is an error, never misread weights.
+    pub fn check_quantization(&self) -> Result<()> {
+        let Some(q) = self.get("quantization_config") else {
+            return Ok(());
+        };
+        match q.get("quant_method").and_then(Value::as_str) {
+            Some("mxfp4") => Ok(()),
+            Some("fp8") => {
+                let block = q.get("weight_block_size").cloned().unwrap_or(Value::Null);
+                if block != serde_json::json!([128, 128]) {
+                    bail!("`quantization_config`: FP8 with weight_block_size {block} is not supported (only 128x128 blocks)");
+                }
+                match q.get("fmt").and_then(Value::as_str) {
+                    None | Some("e4m3") => Ok(()),
+                    Some(other) => bail!("`quantization_config`: FP8 format `{other}` is not supported (only e4m3)"),
+                }
+            }
+            Some(other) => bail!(
+                "`quantization_config`: quantization method `{other}` is not supported (Volt loads fp8 with 128x128 blocks and mxfp4)"
+            ),
+            None => bail!("`quantization_config` has no `quant_method`"),
+        }
+    }
+
     /// A value that is present and not null.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.map.get(key).filter(|v| !v.is_null())

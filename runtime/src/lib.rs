@@ -8,6 +8,7 @@ pub mod chat_template;
 pub mod checkpoint;
 pub mod conformance;
 pub mod eval;
+pub mod fp8;
 pub mod generate;
 pub mod hf_config;
 pub mod model;

@@ -82,6 +82,7 @@ impl<B: Backend> Model<B> {
     /// layer is uploaded).
     pub fn load(backend: &mut B, dir: &Path) -> Result<Model<B>> {
         let config = HfConfig::load(dir)?;
+        config.check_quantization().context("config.json")?;
         let family = models::family_of(&config)?;
         let spec = family.spec(&config).context("config.json")?;
         spec.validate().context("config.json")?;
@@ -228,9 +229,9 @@ fn mlp_forward<B: Backend>(be: &mut B, x: &B::Tensor, mlp: &Mlp<B>) -> B::Tensor
 
 fn upload_globals<B: Backend>(be: &mut B, g: Globals<Host>) -> Result<Globals<B>> {
     Ok(Globals {
-        embed: be.upload_matrix(g.embed, Precision::Storage)?,
+        embed: be.upload_matrix(g.embed, Precision::Table)?,
         final_norm: be.upload_vector(g.final_norm)?,
-        lm_head: g.lm_head.map(|m| be.upload_matrix(m, Precision::Storage)).transpose()?,
+        lm_head: g.lm_head.map(|m| be.upload_matrix(m, Precision::Table)).transpose()?,
     })
 }
 
@@ -278,11 +279,8 @@ fn upload_layer<B: Backend>(be: &mut B, l: Layer<Host>) -> Result<Layer<B>> {
                     router_bias: e.router_bias.map(|v| be.upload_vector(v)).transpose()?,
                     gate_up: be.upload_experts(e.gate_up)?,
                     down: be.upload_experts(e.down)?,
-                    gate_up_bias: e
-                        .gate_up_bias
-                        .map(|v| be.upload_matrix(v, Precision::Full))
-                        .transpose()?,
-                    down_bias: e.down_bias.map(|v| be.upload_matrix(v, Precision::Full)).transpose()?,
+                    gate_up_bias: e.gate_up_bias.map(|v| be.upload_vector(v)).transpose()?,
+                    down_bias: e.down_bias.map(|v| be.upload_vector(v)).transpose()?,
                 },
                 shared: m.shared.map(|s| upload_mlp(be, s)).transpose()?,
                 shared_gate: m

@@ -44,6 +44,10 @@ impl<B: Backend> BackendSession<B> {
     pub fn cache(&self) -> &B::Cache {
         &self.cache
     }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
 }
 
 impl<B: Backend> Session for BackendSession<B> {

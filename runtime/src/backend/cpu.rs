@@ -48,12 +48,14 @@ impl CpuBackend {
         }
     }
 
-    fn round(&mut self, mut w: HostTensor) -> HostTensor {
+    /// Rounds `w` to what `dtype` keeps (the weights stay f32 here).
+    fn round(&mut self, mut w: HostTensor, dtype: WeightDtype) -> HostTensor {
         self.weight_bytes += 4 * w.data.len() as u64;
-        match self.dtype {
+        match dtype {
             WeightDtype::F32 => {}
             WeightDtype::F16 => w.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
             WeightDtype::Bf16 => w.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
+            WeightDtype::Fp8 => w.data = crate::fp8::round_trip(&w.data, crate::fp8::BlockGrid::of(&w.shape)),
         }
         w
     }
@@ -269,13 +271,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<HostTensor> {
-        Ok(match precision {
-            Precision::Storage => self.round(w),
-            Precision::Full => {
-                self.weight_bytes += 4 * w.data.len() as u64;
-                w
-            }
-        })
+        Ok(self.round(w, self.dtype.for_precision(precision)))
     }
     fn upload_vector(&mut self, w: HostTensor) -> Result<HostTensor> {
         // Vectors (norm weights, biases, sinks) stay f32 on every backend: they are tiny.
@@ -283,7 +279,7 @@ impl Backend for CpuBackend {
         Ok(w)
     }
     fn upload_experts(&mut self, w: HostTensor) -> Result<HostTensor> {
-        Ok(self.round(w))
+        Ok(self.round(w, self.dtype))
     }
     fn upload_rope(&mut self, table: RopeTable) -> Result<RopeTable> {
         Ok(table)

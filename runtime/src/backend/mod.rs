@@ -42,18 +42,48 @@ pub enum WeightDtype {
     F32,
     F16,
     Bf16,
+    /// E4M3 with one f32 scale per 128x128 block (`crate::fp8`).
+    Fp8,
 }
 
 impl WeightDtype {
+    pub const ALL: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Fp8];
+
     pub fn parse(name: &str) -> Result<WeightDtype> {
         match name {
             "f32" => Ok(WeightDtype::F32),
             "f16" => Ok(WeightDtype::F16),
             "bf16" => Ok(WeightDtype::Bf16),
-            "fp8" => {
-                crate::bail!("--dtype fp8 is not available yet: FP8 weights arrive with the WGSL and CUDA backends")
-            }
+            "fp8" => Ok(WeightDtype::Fp8),
             other => crate::bail!("unknown dtype `{other}` (expected f32, f16, bf16 or fp8)"),
+        }
+    }
+
+    /// The name `--dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Fp8 => "fp8",
+        }
+    }
+
+    /// The dtype a matrix of `precision` is kept in when the bulk is kept in `self`.
+    pub fn for_precision(self, precision: Precision) -> WeightDtype {
+        match (precision, self) {
+            (Precision::Full, _) => WeightDtype::F32,
+            (Precision::Table, WeightDtype::Fp8) => WeightDtype::Bf16,
+            _ => self,
+        }
+    }
+
+    /// Bytes one stored weight takes (FP8 block scales add 4 bytes per 16384 weights).
+    pub fn bytes(self) -> f64 {
+        match self {
+            WeightDtype::F32 => 4.0,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
+            WeightDtype::Fp8 => 1.0 + 4.0 / (crate::fp8::BLOCK * crate::fp8::BLOCK) as f64,
         }
     }
 }
@@ -63,6 +93,9 @@ impl WeightDtype {
 pub enum Precision {
     /// The backend's weight dtype (`--dtype`): the bulk of the parameters.
     Storage,
+    /// Embedding and LM head: the weight dtype, but bf16 under fp8, as the FP8 releases keep them (one
+    /// scale per 128x128 block loses too much on rows that are looked up or scored one by one).
+    Table,
     /// f32: routers and gates, whose small errors flip discrete decisions, and biases.
     Full,
 }
@@ -194,13 +227,13 @@ pub struct MoeExperts<W: WeightTypes> {
     pub router: W::Matrix,
     /// [experts]
     pub router_bias: Option<W::Vector>,
-    /// [experts, 2 * intermediate, hidden]: each expert's gate rows, then its up rows (transformers v5's
+    /// [experts, 2, intermediate, hidden]: each expert's gate rows, then its up rows (transformers v5's
     /// fused layout), so one weight binding serves both halves.
     pub gate_up: W::Experts,
     /// [experts, hidden, intermediate]
     pub down: W::Experts,
-    /// [experts, 2 * intermediate] in the same order (GPT-OSS)
-    pub gate_up_bias: Option<W::Matrix>,
+    /// [experts, 2, intermediate] in the same order (GPT-OSS)
+    pub gate_up_bias: Option<W::Vector>,
     /// [experts, hidden]
-    pub down_bias: Option<W::Matrix>,
+    pub down_bias: Option<W::Vector>,
 }

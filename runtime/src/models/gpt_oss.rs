@@ -118,5 +118,5 @@ fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> HostTensor {
         data.extend(expert.chunks_exact(2 * w).flat_map(|pair| pair[..w].iter().copied()));
         data.extend(expert.chunks_exact(2 * w).flat_map(|pair| pair[w..].iter().copied()));
     }
-    HostTensor::new(vec![e, 2 * i, w], data)
+    HostTensor::new(vec![e, 2, i, w], data)
 }

@@ -249,7 +249,8 @@ pub fn swiglu_mlp(ck: &Checkpoint, prefix: &str, hidden: usize, intermediate: us
 
 /// Routed experts stored either one tensor per expert (`{prefix}.experts.{e}.{gate}.weight`, the Hub form) or
 /// fused as transformers v5 holds them (`{prefix}.experts.gate_up_proj` (E, 2I, H), gate rows first, and
-/// `{prefix}.experts.down_proj` (E, H, I)). Returns gate_up [E, 2I, H] and down [E, H, I].
+/// `{prefix}.experts.down_proj` (E, H, I)). Returns gate_up [E, 2, I, H] (each expert's gate rows, then its
+/// up rows: two matrices, so FP8 blocks follow the checkpoint's) and down [E, H, I].
 pub fn routed_experts(
     ck: &Checkpoint,
     prefix: &str,
@@ -260,7 +261,8 @@ pub fn routed_experts(
 ) -> Result<(HostTensor, HostTensor)> {
     let fused = format!("{prefix}.experts.gate_up_proj");
     if ck.has(&fused) {
-        let gate_up = ck.f32(&fused, &[n_experts, 2 * inter, hidden])?;
+        let mut gate_up = ck.f32(&fused, &[n_experts, 2 * inter, hidden])?;
+        gate_up.shape = vec![n_experts, 2, inter, hidden];
         let down = ck.f32(&format!("{prefix}.experts.down_proj"), &[n_experts, hidden, inter])?;
         return Ok((gate_up, down));
     }
@@ -273,7 +275,7 @@ pub fn routed_experts(
         down.extend(ck.f32(&name(names[2]), &[hidden, inter])?.data);
     }
     Ok((
-        HostTensor::new(vec![n_experts, 2 * inter, hidden], gate_up),
+        HostTensor::new(vec![n_experts, 2, inter, hidden], gate_up),
         HostTensor::new(vec![n_experts, hidden, inter], down),
     ))
 }

@@ -10,14 +10,23 @@ pub enum WeightFormat {
     F32,
     F16,
     Bf16,
+    Fp8,
 }
 
 impl WeightFormat {
+    pub const ALL: [WeightFormat; 4] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Bf16,
+        WeightFormat::Fp8,
+    ];
+
     fn prelude(self) -> &'static str {
         match self {
             WeightFormat::F32 => include_str!("../../../../shaders/weights_f32.wgsl"),
             WeightFormat::F16 => include_str!("../../../../shaders/weights_f16.wgsl"),
             WeightFormat::Bf16 => include_str!("../../../../shaders/weights_bf16.wgsl"),
+            WeightFormat::Fp8 => include_str!("../../../../shaders/weights_fp8.wgsl"),
         }
     }
 }
@@ -168,16 +177,12 @@ impl Kernels {
         ];
         let mut done = Vec::new();
         for op in ops {
-            let formats: &[Option<WeightFormat>] = if op.reads_weights() {
-                &[
-                    Some(WeightFormat::F32),
-                    Some(WeightFormat::F16),
-                    Some(WeightFormat::Bf16),
-                ]
+            let formats: Vec<Option<WeightFormat>> = if op.reads_weights() {
+                WeightFormat::ALL.map(Some).to_vec()
             } else {
-                &[None]
+                vec![None]
             };
-            for &f in formats {
+            for f in formats {
                 self.get(device, op, f);
                 done.push((op, f));
             }

@@ -65,12 +65,20 @@ pub struct GpuTensor {
     pub cols: usize,
 }
 
-/// A weight matrix (or stacked experts, rows = experts x out) in one of the weight formats.
+/// A weight matrix (or stacked experts, rows = experts x out) in one of the weight formats, in one buffer or,
+/// when larger than one binding may hold, in parts of whole rows (whole experts for stacked experts).
 pub struct GpuMatrix {
-    buf: Arc<GpuBuffer>,
+    parts: Vec<WeightPart>,
     rows: usize,
     cols: usize,
     format: WeightFormat,
+}
+
+/// Rows first_row.. of a matrix (experts first_row / rows_per_expert.. of stacked experts).
+struct WeightPart {
+    buf: Arc<GpuBuffer>,
+    first_row: usize,
+    rows: usize,
 }
 
 /// A vector kept in f32 (norm weights, biases, sinks).
@@ -156,6 +164,10 @@ pub struct WgpuBackend {
     deferred_error: Option<Error>,
     /// Bytes of every buffer created (weights, caches, activation pool, staging).
     allocated: u64,
+    /// Most bytes one buffer binding may hold; larger weights are split.
+    max_binding: u64,
+    /// Weights uploaded in more than one part.
+    split_weights: usize,
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -169,6 +181,10 @@ impl WgpuBackend {
     }
 
     pub fn with_gpu(gpu: Gpu, dtype: WeightDtype, context: usize) -> Result<Self> {
+        let gpu_max_binding = gpu
+            .limits
+            .max_storage_buffer_binding_size
+            .min(gpu.limits.max_buffer_size);
         let mut next_id = 0;
         let mut make = |size: u64, usage: wgpu::BufferUsages| {
             next_id += 1;
@@ -205,6 +221,8 @@ impl WgpuBackend {
             routing: None,
             deferred_error: None,
             allocated: 0,
+            max_binding: gpu_max_binding,
+            split_weights: 0,
         };
         backend.gpu.check()?;
         Ok(backend)
@@ -212,6 +230,17 @@ impl WgpuBackend {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// Lowers the largest binding weights are uploaded in (WebGPU's default is 128 MiB), so the split path
+    /// can be exercised on any adapter. Affects weights uploaded afterwards.
+    pub fn limit_binding(&mut self, bytes: u64) {
+        self.max_binding = self.max_binding.min(bytes);
+    }
+
+    /// How many weights were uploaded in more than one part.
+    pub fn split_weights(&self) -> usize {
+        self.split_weights
     }
 
     fn new_id(&mut self) -> u64 {
@@ -387,6 +416,24 @@ fn packed_halves(values: &[f32], to_bits: impl Fn(f32) -> u16) -> Vec<u8> {
     bytes
 }
 
+/// The buffer `shaders/weights_fp8.wgsl` reads: header, block scales, then the E4M3 codes.
+fn fp8_buffer(data: &[f32], shape: &[usize]) -> Vec<u8> {
+    let grid = crate::fp8::BlockGrid::of(shape);
+    let (codes, scales) = crate::fp8::quantize(data, grid);
+    let header = [
+        grid.rows as u32,
+        grid.col_blocks() as u32,
+        grid.row_blocks() as u32,
+        (4 + scales.len()) as u32,
+    ];
+    let mut bytes = Vec::with_capacity(16 + 4 * scales.len() + codes.len().next_multiple_of(4));
+    bytes.extend(header.iter().flat_map(|v| v.to_le_bytes()));
+    bytes.extend(scales.iter().flat_map(|v| v.to_le_bytes()));
+    bytes.extend(&codes);
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes
+}
+
 impl WeightTypes for WgpuBackend {
     type Matrix = GpuMatrix;
     type Vector = GpuVector;
@@ -394,23 +441,52 @@ impl WeightTypes for WgpuBackend {
 }
 
 impl WgpuBackend {
-    fn upload_weight(&mut self, w: HostTensor, dtype: WeightDtype) -> Result<GpuMatrix> {
+    /// Uploads `w` in `dtype`, split into parts of whole `unit`s of rows (at most `max_rows` each) when it is
+    /// larger than one binding.
+    fn upload_weight(&mut self, w: HostTensor, dtype: WeightDtype, unit: usize, max_rows: usize) -> Result<GpuMatrix> {
         let cols = *w.shape.last().unwrap_or(&1);
         let rows = w.data.len() / cols.max(1);
-        let (format, bytes) = match dtype {
-            WeightDtype::F32 => (WeightFormat::F32, bytemuck::cast_slice(&w.data).to_vec()),
-            WeightDtype::F16 => (
-                WeightFormat::F16,
-                packed_halves(&w.data, |v| half::f16::from_f32(v).to_bits()),
-            ),
-            WeightDtype::Bf16 => (
-                WeightFormat::Bf16,
-                packed_halves(&w.data, |v| half::bf16::from_f32(v).to_bits()),
-            ),
+        let format = match dtype {
+            WeightDtype::F32 => WeightFormat::F32,
+            WeightDtype::F16 => WeightFormat::F16,
+            WeightDtype::Bf16 => WeightFormat::Bf16,
+            WeightDtype::Fp8 => WeightFormat::Fp8,
         };
-        let buf = self.upload_bytes(&bytes, &format!("a {rows}x{cols} weight"))?;
+        // Bytes a row may take at most in any format (FP8 counts a scale per row, 128x what it needs).
+        let row_bytes = (cols as f64 * dtype.bytes()).ceil() as u64 + 8;
+        let max = self.max_binding.saturating_sub(64);
+        let units_per_part = ((max / (row_bytes * unit as u64).max(1)) as usize).min(max_rows / unit);
+        if units_per_part == 0 {
+            bail!(
+                "{unit} rows of {cols} columns (the smallest part a {rows}x{cols} weight splits into) take more than one buffer binding holds on {} ({} bytes)",
+                self.gpu.name(),
+                self.max_binding
+            );
+        }
+        let part_rows = units_per_part * unit;
+        let mut parts = Vec::with_capacity(rows.div_ceil(part_rows));
+        for first_row in (0..rows).step_by(part_rows) {
+            let n = part_rows.min(rows - first_row);
+            let data = &w.data[first_row * cols..(first_row + n) * cols];
+            // A part keeps the tensor's shape with fewer leading rows, so FP8 blocks stay where they were.
+            let mut shape = w.shape.clone();
+            shape[0] = shape[0] * n / rows;
+            let bytes = match dtype {
+                WeightDtype::F32 => bytemuck::cast_slice(data).to_vec(),
+                WeightDtype::F16 => packed_halves(data, |v| half::f16::from_f32(v).to_bits()),
+                WeightDtype::Bf16 => packed_halves(data, |v| half::bf16::from_f32(v).to_bits()),
+                WeightDtype::Fp8 => fp8_buffer(data, &shape),
+            };
+            let buf = self.upload_bytes(&bytes, &format!("a {n}x{cols} weight"))?;
+            parts.push(WeightPart {
+                buf,
+                first_row,
+                rows: n,
+            });
+        }
+        self.split_weights += (parts.len() > 1) as usize;
         Ok(GpuMatrix {
-            buf,
+            parts,
             rows,
             cols,
             format,
@@ -488,18 +564,16 @@ impl Backend for WgpuBackend {
     }
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<GpuMatrix> {
+        // Parts split at FP8's 128-row blocks and stay within the workgroups one dispatch may have (4 rows each).
+        let dtype = self.dtype.for_precision(precision);
         let rows = w.shape.first().copied().unwrap_or(1);
-        if rows.div_ceil(4) > self.gpu.limits.max_compute_workgroups_per_dimension as usize {
-            bail!(
-                "a matrix with {rows} rows needs more workgroups than {} allows in one dimension",
-                self.gpu.name()
-            );
-        }
-        let dtype = match precision {
-            Precision::Storage => self.dtype,
-            Precision::Full => WeightDtype::F32,
+        let unit = if dtype == WeightDtype::Fp8 {
+            crate::fp8::BLOCK.min(rows).max(1)
+        } else {
+            1
         };
-        self.upload_weight(w, dtype)
+        let max_rows = 4 * self.gpu.limits.max_compute_workgroups_per_dimension as usize;
+        self.upload_weight(w, dtype, unit, max_rows)
     }
 
     fn upload_vector(&mut self, w: HostTensor) -> Result<GpuVector> {
@@ -509,7 +583,9 @@ impl Backend for WgpuBackend {
     }
 
     fn upload_experts(&mut self, w: HostTensor) -> Result<GpuMatrix> {
-        self.upload_weight(w, self.dtype)
+        let experts = w.shape.first().copied().unwrap_or(1).max(1);
+        let unit = w.data.len() / w.shape.last().copied().unwrap_or(1).max(1) / experts;
+        self.upload_weight(w, self.dtype, unit, usize::MAX)
     }
 
     fn upload_rope(&mut self, table: RopeTable) -> Result<GpuRope> {
@@ -615,14 +691,17 @@ impl Backend for WgpuBackend {
     fn embed(&mut self, table: &GpuMatrix) -> GpuTensor {
         let (rows, cols) = (self.step.len(), table.cols);
         let out = self.tensor(rows, cols);
-        let bufs = [&table.buf.clone(), &self.step_tokens.clone(), &out.mem.buf.clone()];
-        self.dispatch(
-            Op::Embed,
-            Some(table.format),
-            &[rows as u32, cols as u32, 0, 0],
-            &bufs,
-            groups_1d(rows * cols),
-        );
+        let (tokens, ob) = (self.step_tokens.clone(), out.mem.buf.clone());
+        for part in &table.parts {
+            let params = [rows as u32, cols as u32, part.first_row as u32, part.rows as u32];
+            self.dispatch(
+                Op::Embed,
+                Some(table.format),
+                &params,
+                &[&part.buf, &tokens, &ob],
+                groups_1d(rows * cols),
+            );
+        }
         out
     }
 
@@ -645,16 +724,27 @@ impl Backend for WgpuBackend {
     fn linear(&mut self, x: &GpuTensor, w: &GpuMatrix, bias: Option<&GpuVector>) -> GpuTensor {
         debug_assert_eq!(x.cols, w.cols);
         let y = self.tensor(x.rows, w.rows);
-        let params = [x.rows as u32, w.cols as u32, w.rows as u32, bias.is_some() as u32];
         let b = bias.map_or(self.dummy.clone(), |b| b.buf.clone());
-        let bufs = [&w.buf.clone(), &x.mem.buf.clone(), &b, &y.mem.buf.clone()];
-        self.dispatch(
-            Op::Matmul,
-            Some(w.format),
-            &params,
-            &bufs,
-            [w.rows.div_ceil(4) as u32, x.rows.div_ceil(4) as u32, 1],
-        );
+        let (xb, yb) = (x.mem.buf.clone(), y.mem.buf.clone());
+        for part in &w.parts {
+            let params = [
+                x.rows as u32,
+                w.cols as u32,
+                part.rows as u32,
+                bias.is_some() as u32,
+                w.rows as u32,
+                part.first_row as u32,
+                0,
+                0,
+            ];
+            self.dispatch(
+                Op::Matmul,
+                Some(w.format),
+                &params,
+                &[&part.buf, &xb, &b, &yb],
+                [part.rows.div_ceil(4) as u32, x.rows.div_ceil(4) as u32, 1],
+            );
+        }
         y
     }
 
@@ -763,51 +853,56 @@ impl Backend for WgpuBackend {
             ExpertActivation::ClampedSwiGlu { alpha, limit } => (1, alpha, limit),
         };
         let gb = w.gate_up_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
-        let params = [
-            h as u32,
-            i as u32,
-            max_k as u32,
-            activation,
-            alpha.to_bits(),
-            limit.to_bits(),
-            w.gate_up_bias.is_some() as u32,
-            0,
-        ];
-        let bufs = [
-            &w.gate_up.buf.clone(),
-            &x.mem.buf.clone(),
-            &cb,
-            &nb,
-            &gb,
-            &act.mem.buf.clone(),
-        ];
-        self.dispatch(
-            Op::MoeGateUp,
-            Some(w.gate_up.format),
-            &params,
-            &bufs,
-            [i.div_ceil(4) as u32, max_k as u32, t as u32],
-        );
+        let ab = act.mem.buf.clone();
+        let gate_up_rows = w.gate_up.rows / e;
+        for part in &w.gate_up.parts {
+            let params = [
+                h as u32,
+                i as u32,
+                max_k as u32,
+                activation,
+                alpha.to_bits(),
+                limit.to_bits(),
+                w.gate_up_bias.is_some() as u32,
+                (part.first_row / gate_up_rows) as u32,
+                (part.rows / gate_up_rows) as u32,
+                0,
+                0,
+                0,
+            ];
+            let xb = x.mem.buf.clone();
+            self.dispatch(
+                Op::MoeGateUp,
+                Some(w.gate_up.format),
+                &params,
+                &[&part.buf, &xb, &cb, &nb, &gb, &ab],
+                [i.div_ceil(4) as u32, max_k as u32, t as u32],
+            );
+        }
 
         let out = self.tensor(t, h);
         let db = w.down_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
-        let params = [h as u32, i as u32, max_k as u32, w.down_bias.is_some() as u32];
-        let bufs = [
-            &w.down.buf.clone(),
-            &act.mem.buf.clone(),
-            &cb,
-            &wb,
-            &nb,
-            &db,
-            &out.mem.buf.clone(),
-        ];
-        self.dispatch(
-            Op::MoeDown,
-            Some(w.down.format),
-            &params,
-            &bufs,
-            [h.div_ceil(4) as u32, t as u32, 1],
-        );
+        let ob = out.mem.buf.clone();
+        let down_rows = w.down.rows / e;
+        for (n, part) in w.down.parts.iter().enumerate() {
+            let params = [
+                h as u32,
+                i as u32,
+                max_k as u32,
+                w.down_bias.is_some() as u32,
+                (part.first_row / down_rows) as u32,
+                (part.rows / down_rows) as u32,
+                (n > 0) as u32,
+                0,
+            ];
+            self.dispatch(
+                Op::MoeDown,
+                Some(w.down.format),
+                &params,
+                &[&part.buf, &ab, &cb, &wb, &nb, &db, &ob],
+                [h.div_ceil(4) as u32, t as u32, 1],
+            );
+        }
         if let Some(trace) = self.routing.as_mut() {
             trace.push(TracedRouting {
                 layer,
@@ -867,10 +962,7 @@ impl Backend for WgpuBackend {
     }
 
     fn bytes_per_weight(&self) -> f64 {
-        match self.dtype {
-            WeightDtype::F32 => 4.0,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
-        }
+        self.dtype.bytes()
     }
 
     fn copy_bandwidth(&mut self) -> Result<f64> {
