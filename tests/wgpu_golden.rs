@@ -20,7 +20,7 @@ use volt_runtime::backend::wgpu::WgpuBackend;
 use volt_runtime::backend::WeightDtype;
 use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
-use volt_runtime::sampler::SamplingParams;
+use volt_runtime::sampler::{Sampler, SamplingParams};
 use volt_runtime::session::{BackendSession, Session};
 
 fn open(dir: &Path, dtype: WeightDtype) -> Result<BackendSession<WgpuBackend>, String> {
@@ -225,6 +225,45 @@ fn default_model_perplexity_on_wgpu_matches_the_cpu() {
     assert!(rel < 0.01, "wgpu perplexity {} vs cpu {}", got.ppl, reference.ppl);
 }
 
+/// Sampling on the device picks the CPU reference's tokens: the shipped model, llama.cpp's default
+/// filters and a hotter setting with a repetition penalty, two seeds each, 24 tokens.
+#[test]
+fn sampled_generation_on_wgpu_matches_the_cpu() {
+    if gpu::adapters().is_empty() {
+        println!("SKIP wgpu sampling: no GPU adapter");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/volt-tiny");
+    let tokenizer = volt_runtime::tokenizer::Tokenizer::from_dir(&dir).unwrap().unwrap();
+    let prompt = tokenizer
+        .encode("It is a truth universally acknowledged", false)
+        .unwrap();
+    let dtype = Checkpoint::open(&dir).unwrap().storage_dtype();
+    let mut cpu = BackendSession::load(CpuBackend::new(dtype), &dir, 1).unwrap();
+    let mut gpu = open(&dir, dtype).unwrap();
+    let hot = SamplingParams {
+        temperature: 1.3,
+        top_k: 0,
+        top_p: 0.98,
+        repeat_penalty: 1.2,
+        ..SamplingParams::default()
+    };
+    for params in [SamplingParams::default(), hot] {
+        for seed in 1..=2 {
+            let opts = GenerateOptions {
+                max_tokens: 24,
+                sampling: SamplingParams { seed, ..params.clone() },
+                stop_strings: vec![],
+                ignore_eos: true,
+            };
+            let want = generate(&mut cpu, 0, &prompt, None, &[], &opts, |_| {}).unwrap().tokens;
+            let got = generate(&mut gpu, 0, &prompt, None, &[], &opts, |_| {}).unwrap().tokens;
+            assert_eq!(got, want, "seed {seed}, {params:?}");
+        }
+    }
+    println!("wgpu sampling chose the CPU's 24 tokens for 2 settings x 2 seeds");
+}
+
 /// After the first decode steps, further steps allocate nothing: activations come from the pool, parameters
 /// from the ring, bind groups from the cache.
 #[test]
@@ -236,10 +275,12 @@ fn decode_steps_allocate_no_new_device_memory() {
     use volt_runtime::backend::Step;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/volt");
     let mut s = open(&dir, WeightDtype::F16).unwrap();
+    let mut sampler = Sampler::new(SamplingParams::default());
     s.forward(&Step::single(0, &[1, 2, 3, 4, 5], 0), &[4]).unwrap();
     let mut after = Vec::new();
     for pos in 5..15 {
-        s.forward(&Step::single(0, &[7], pos), &[0]).unwrap();
+        s.forward_pick(&Step::single(0, &[7], pos), &[0], &[sampler.pick(&[7])])
+            .unwrap();
         after.push(s.allocated_bytes());
     }
     println!("device bytes after each decode step: {after:?}");

@@ -9,6 +9,7 @@ use crate::backend::{Backend, KvCache, MoeExperts, Precision, Step, WeightDtype}
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
+use crate::sampler::{Pick, Sampler, SamplingParams};
 use crate::spec::{
     AttnKind, AttnSpec, ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RopeScaling, RopeSpec,
     RouterOrder, RouterSpec, Scoring, Selection,
@@ -201,6 +202,7 @@ const CASES: &[Case] = &[
         moe_gptoss_case
     ),
     case!("moe/sigmoid", "e=5 k=2 sigmoid h=40 i=10", 14, moe_sigmoid_case),
+    case!("pick", "vocab=1500, 4 rows x 9 settings x 6 seeds", 15, pick_case),
 ];
 
 fn matmul_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
@@ -216,6 +218,84 @@ fn matvec_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
     let x = input(be, r, 1, 257)?;
     let y = be.linear(&x, &w, None);
     be.read(&y)
+}
+
+/// Token choice (`Backend::pick`) against `Pick::choose`: ids as f32, so any differing choice fails. Rows:
+/// random logits, a tie at the maximum, NaN among them, and all -inf but NaN. Settings cover greedy with and
+/// without a repetition penalty, top-k within and beyond the kernel's 1024 sorted candidates, top-p and
+/// min-p, and no filter at all over a vocabulary larger than 1024.
+fn pick_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let vocab = 1500;
+    let mut rows = r.tensor(&[4, vocab], 6.0).data;
+    rows[vocab + 30] = 50.0;
+    rows[vocab + 700] = 50.0;
+    rows[2 * vocab + 5] = f32::NAN;
+    rows[3 * vocab..].fill(f32::NEG_INFINITY);
+    rows[3 * vocab + 2] = f32::NAN;
+    let table = be.upload_matrix(HostTensor::new(vec![4, vocab], rows), Precision::Full)?;
+    be.begin_step(&Step::single(0, &[0, 1, 2, 3], 0))?;
+    let logits = be.embed(&table);
+    let greedy = SamplingParams::greedy();
+    let settings = [
+        greedy.clone(),
+        SamplingParams {
+            repeat_penalty: 1.5,
+            ..greedy
+        },
+        SamplingParams::default(),
+        SamplingParams {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 0.9,
+            min_p: 0.0,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 1200,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.1,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.5,
+            top_k: 5,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 0.8,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 2.0,
+            top_k: 300,
+            top_p: 0.99,
+            min_p: 0.0,
+            ..SamplingParams::default()
+        },
+    ];
+    // The history the penalty looks at includes each row's argmax region and the tie.
+    let history: Vec<u32> = vec![30, 700, 5, 2, 11, 1499, 30];
+    let mut ids = Vec::new();
+    for params in settings {
+        for seed in 0..6 {
+            let mut sampler = Sampler::new(SamplingParams { seed, ..params.clone() });
+            let picks: Vec<Pick> = (0..4).map(|_| sampler.pick(&history)).collect();
+            ids.extend(be.pick(&logits, &picks)?.into_iter().map(|id| id as f32));
+        }
+    }
+    Ok(ids)
 }
 
 /// An activation tensor with the given values: rows of an identity-free path through `linear` would mix

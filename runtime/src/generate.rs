@@ -101,10 +101,14 @@ pub fn generate(
     let mut text = tokenizer.map(|_| String::new());
 
     let started = Instant::now();
-    let mut logits = Vec::new();
+    let mut id = 0;
     for (c, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
         let step = Step::single(slot, chunk, c * PREFILL_CHUNK);
-        logits = session.forward(&step, &[chunk.len() - 1])?;
+        if (c + 1) * PREFILL_CHUNK < prompt.len() {
+            session.forward(&step, &[chunk.len() - 1])?;
+        } else {
+            id = session.forward_pick(&step, &[chunk.len() - 1], &[sampler.pick(&history)])?[0];
+        }
     }
     let prefill_secs = started.elapsed().as_secs_f64();
 
@@ -113,7 +117,6 @@ pub fn generate(
     let mut finish = FinishReason::Length;
     let mut hit_stop_string = false;
     while tokens.len() < max_tokens {
-        let id = sampler.sample(&logits, &history);
         if stop.is_eos(id) {
             finish = FinishReason::Stop;
             break;
@@ -134,7 +137,7 @@ pub fn generate(
             break;
         }
         let step = Step::single(slot, &[id], history.len() - 1);
-        logits = session.forward(&step, &[0])?;
+        id = session.forward_pick(&step, &[0], &[sampler.pick(&history)])?[0];
     }
     // Without a stop string, whatever the stream and the matcher still hold is final text.
     if let Some(stream) = stream.as_mut() {

@@ -87,59 +87,66 @@ struct Candidate {
 pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
-    /// Scratch reused across calls: the candidates, most likely first once filtered ([vocab] at most).
-    candidates: Vec<Candidate>,
-    /// Scratch: unnormalised probabilities of `candidates`, same order.
-    probs: Vec<f32>,
-    /// Scratch: the distinct ids the repetition penalty applies to.
-    penalized: Vec<u32>,
+}
+
+/// One token choice, ready for a backend to make: the parameters, the ids the repetition penalty applies
+/// to, and this choice's uniform draw. The sampler takes the draw, so a choice consumes the same random
+/// numbers on every backend and a seed gives the same tokens wherever the logits agree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pick {
+    pub params: SamplingParams,
+    /// Distinct ids of the last `repeat_last_n` of the history, sorted (empty when the penalty is off).
+    pub penalized: Vec<u32>,
+    /// Uniform in [0, 1) for the weighted draw (0 at temperature 0, where nothing is drawn).
+    pub uniform: f64,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = SplitMix64 { state: params.seed };
-        Sampler {
-            params,
-            rng,
-            candidates: Vec::new(),
-            probs: Vec::new(),
-            penalized: Vec::new(),
+        Sampler { params, rng }
+    }
+
+    /// The next choice after `history` (prompt + generated ids).
+    pub fn pick(&mut self, history: &[u32]) -> Pick {
+        let p = &self.params;
+        let mut penalized = Vec::new();
+        if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+            penalized.extend_from_slice(&history[history.len().saturating_sub(p.repeat_last_n)..]);
+            penalized.sort_unstable();
+            penalized.dedup();
+        }
+        let uniform = if p.temperature > 0.0 { self.rng.next_f64() } else { 0.0 };
+        Pick {
+            params: p.clone(),
+            penalized,
+            uniform,
         }
     }
 
-    /// Picks the next token from one row of logits. `history` = prompt + generated ids (for the repetition
-    /// penalty, llama.cpp/HF style: positive logits divided by r, negative multiplied). temperature 0 =>
-    /// argmax (ties -> lowest id), deterministic. Otherwise: penalty -> top-k -> temperature -> softmax ->
-    /// top-p -> min-p -> a draw from a PRNG seeded with `seed`: the same seed gives the same tokens.
-    /// NaN logits never win; empty logits give id 0.
+    /// Picks the next token from one row of logits on the CPU (`Pick::choose`).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(id, &logit)| Candidate {
+        self.pick(history).choose(logits)
+    }
+}
+
+impl Pick {
+    /// The reference choice from one row of logits. Repetition penalty first (llama.cpp/HF style: positive
+    /// logits divided by r, negative multiplied); temperature 0 => argmax (ties -> lowest id). Otherwise
+    /// top-k -> temperature -> softmax -> top-p -> min-p -> the weighted draw at `uniform`. NaN logits never
+    /// win; empty logits give id 0. Backends that choose on the device follow this function.
+    pub fn choose(&self, logits: &[f32]) -> u32 {
+        let mut candidates: Vec<Candidate> = logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| Candidate {
                 id: id as u32,
                 logit: if logit.is_nan() { f32::NEG_INFINITY } else { logit },
-            }));
-        self.apply_repeat_penalty(history);
-        if self.params.temperature > 0.0 {
-            self.draw()
-        } else {
-            argmax(&self.candidates)
-        }
-    }
-
-    /// Penalises each distinct id of the last `repeat_last_n` of `history` once; `candidates` is in id order.
-    fn apply_repeat_penalty(&mut self, history: &[u32]) {
+            })
+            .collect();
         let penalty = self.params.repeat_penalty;
-        if penalty == 1.0 || self.params.repeat_last_n == 0 {
-            return;
-        }
-        let recent = &history[history.len().saturating_sub(self.params.repeat_last_n)..];
-        self.penalized.clear();
-        self.penalized.extend_from_slice(recent);
-        self.penalized.sort_unstable();
-        self.penalized.dedup();
         for &id in &self.penalized {
-            if let Some(c) = self.candidates.get_mut(id as usize) {
+            if let Some(c) = candidates.get_mut(id as usize) {
                 c.logit = if c.logit > 0.0 {
                     c.logit / penalty
                 } else {
@@ -147,19 +154,24 @@ impl Sampler {
                 };
             }
         }
+        if self.params.temperature > 0.0 {
+            self.draw(candidates)
+        } else {
+            argmax(&candidates)
+        }
     }
 
     /// top-k -> temperature -> softmax -> top-p -> min-p -> a weighted draw.
-    fn draw(&mut self) -> u32 {
+    fn draw(&self, mut candidates: Vec<Candidate>) -> u32 {
         // Most likely first; equal logits by id so that the order, and the draw, do not depend on the sort.
         let by_likelihood = |a: &Candidate, b: &Candidate| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id));
         let top_k = self.params.top_k;
-        if top_k > 0 && top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(top_k - 1, by_likelihood);
-            self.candidates.truncate(top_k);
+        if top_k > 0 && top_k < candidates.len() {
+            candidates.select_nth_unstable_by(top_k - 1, by_likelihood);
+            candidates.truncate(top_k);
         }
-        self.candidates.sort_unstable_by(by_likelihood);
-        let Some(best) = self.candidates.first().copied() else {
+        candidates.sort_unstable_by(by_likelihood);
+        let Some(best) = candidates.first().copied() else {
             return 0;
         };
         if !best.logit.is_finite() {
@@ -168,18 +180,16 @@ impl Sampler {
         }
 
         let temperature = self.params.temperature;
-        self.probs.clear();
-        self.probs.extend(
-            self.candidates
-                .iter()
-                .map(|c| ((c.logit - best.logit) / temperature).exp()),
-        );
-        let total: f64 = self.probs.iter().map(|&p| p as f64).sum();
+        let probs: Vec<f32> = candidates
+            .iter()
+            .map(|c| ((c.logit - best.logit) / temperature).exp())
+            .collect();
+        let total: f64 = probs.iter().map(|&p| p as f64).sum();
 
-        let mut keep = self.probs.len();
+        let mut keep = probs.len();
         if self.params.top_p < 1.0 {
             let mut cumulative = 0.0;
-            for (i, &p) in self.probs.iter().enumerate() {
+            for (i, &p) in probs.iter().enumerate() {
                 cumulative += p as f64 / total;
                 if cumulative >= self.params.top_p as f64 {
                     keep = i + 1;
@@ -189,24 +199,20 @@ impl Sampler {
         }
         if self.params.min_p > 0.0 {
             // probs[0] is the most likely token, which always stays.
-            let threshold = self.params.min_p * self.probs[0];
-            keep = self.probs[..keep]
-                .iter()
-                .take_while(|&&p| p >= threshold)
-                .count()
-                .max(1);
+            let threshold = self.params.min_p * probs[0];
+            keep = probs[..keep].iter().take_while(|&&p| p >= threshold).count().max(1);
         }
 
-        let kept = &self.probs[..keep];
-        let mut remaining = self.rng.next_f64() * kept.iter().map(|&p| p as f64).sum::<f64>();
+        let kept = &probs[..keep];
+        let mut remaining = self.uniform * kept.iter().map(|&p| p as f64).sum::<f64>();
         for (i, &p) in kept.iter().enumerate() {
             remaining -= p as f64;
             if remaining < 0.0 {
-                return self.candidates[i].id;
+                return candidates[i].id;
             }
         }
         // Rounding left a sliver past the last token.
-        self.candidates[keep - 1].id
+        candidates[keep - 1].id
     }
 }
 

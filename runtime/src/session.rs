@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::backend::{Backend, KvCache, LayerRouting, Step};
 use crate::error::Result;
 use crate::model::Model;
+use crate::sampler::Pick;
 use crate::spec::ModelSpec;
 
 pub trait Session {
@@ -14,6 +15,9 @@ pub trait Session {
     fn describe(&self) -> String;
     /// Runs a step and returns the logits of `logit_rows`, row-major [rows.len(), vocab].
     fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>>;
+    /// Runs a step and chooses a token for each of `logit_rows` (`picks` in the same order); only the ids
+    /// leave the device.
+    fn forward_pick(&mut self, step: &Step, logit_rows: &[usize], picks: &[Pick]) -> Result<Vec<u32>>;
     /// Tokens cached for a sequence slot.
     fn seq_len(&self, slot: usize) -> usize;
     fn reset(&mut self, slot: usize);
@@ -64,6 +68,14 @@ impl<B: Backend> Session for BackendSession<B> {
             .model
             .forward(&mut self.backend, &mut self.cache, step, logit_rows)?;
         self.backend.read(&logits)
+    }
+
+    fn forward_pick(&mut self, step: &Step, logit_rows: &[usize], picks: &[Pick]) -> Result<Vec<u32>> {
+        debug_assert_eq!(logit_rows.len(), picks.len());
+        let logits = self
+            .model
+            .forward(&mut self.backend, &mut self.cache, step, logit_rows)?;
+        self.backend.pick(&logits, picks)
     }
 
     fn seq_len(&self, slot: usize) -> usize {

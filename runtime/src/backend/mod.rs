@@ -13,6 +13,7 @@ pub mod wgpu;
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
+use crate::sampler::Pick;
 use crate::spec::{AttnSpec, ModelSpec, MoeSpec};
 
 /// Where each kind of weight lives: host tensors while loading, backend handles once uploaded. The layer
@@ -182,6 +183,17 @@ pub trait Backend: WeightTypes + Sized {
     fn end_step(&mut self, cache: &mut Self::Cache) -> Result<()>;
     /// The one read-back: the tensor's values, row-major.
     fn read(&mut self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Chooses a token from each row of `logits` ([picks.len(), vocab]). This default reads the logits back
+    /// and runs the reference (`Pick::choose`); a GPU backend chooses on the device and reads back the ids.
+    fn pick(&mut self, logits: &Self::Tensor, picks: &[Pick]) -> Result<Vec<u32>> {
+        let data = self.read(logits)?;
+        let vocab = data.len() / picks.len().max(1);
+        Ok(picks
+            .iter()
+            .zip(data.chunks(vocab.max(1)))
+            .map(|(p, row)| p.choose(row))
+            .collect())
+    }
 
     /// Bytes the backend holds for weights, caches and activations.
     fn allocated_bytes(&self) -> u64;

@@ -47,6 +47,7 @@ pub enum Op {
     Router,
     MoeGateUp,
     MoeDown,
+    Sample,
 }
 
 #[derive(Clone, Copy)]
@@ -117,6 +118,11 @@ impl Op {
                 "main",
                 &[Uniform, Read, Read, Read, Read, Read, Read, Rw],
             ),
+            Op::Sample => (
+                include_str!("../../../../shaders/sample.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Rw, Rw],
+            ),
         }
     }
 
@@ -174,6 +180,7 @@ impl Kernels {
             Op::Router,
             Op::MoeGateUp,
             Op::MoeDown,
+            Op::Sample,
         ];
         let mut done = Vec::new();
         for op in ops {

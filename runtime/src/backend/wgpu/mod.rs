@@ -21,6 +21,7 @@ use crate::bail;
 use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
 use crate::rope::RopeTable;
+use crate::sampler::Pick;
 use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
 use gpu::Gpu;
 use kernels::{Kernel, Kernels, Op, WeightFormat, PARAMS_STRIDE};
@@ -168,6 +169,8 @@ pub struct WgpuBackend {
     max_binding: u64,
     /// Weights uploaded in more than one part.
     split_weights: usize,
+    /// Buffers the host writes while a step is recorded (pooled ones may still be in use by it), by name.
+    dedicated: HashMap<&'static str, Arc<GpuBuffer>>,
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -223,6 +226,7 @@ impl WgpuBackend {
             allocated: 0,
             max_binding: gpu_max_binding,
             split_weights: 0,
+            dedicated: HashMap::new(),
         };
         backend.gpu.check()?;
         Ok(backend)
@@ -272,6 +276,25 @@ impl WgpuBackend {
         self.allocated += contents.len() as u64;
         let id = self.new_id();
         Ok(Arc::new(GpuBuffer { buffer, id }))
+    }
+
+    /// The buffer named `name`, at least `bytes` long (replaced by a larger one when needed).
+    fn dedicated(&mut self, name: &'static str, bytes: u64) -> Arc<GpuBuffer> {
+        if let Some(b) = self.dedicated.get(name).filter(|b| b.buffer.size() >= bytes) {
+            return b.clone();
+        }
+        let size = bytes.max(16).next_power_of_two();
+        let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            size,
+            usage: STORAGE,
+            mapped_at_creation: false,
+        });
+        self.allocated += size;
+        let id = self.new_id();
+        let b = Arc::new(GpuBuffer { buffer, id });
+        self.dedicated.insert(name, b.clone());
+        b
     }
 
     /// An activation tensor from the pool (sizes rounded up to a power of two so shapes share buffers).
@@ -955,6 +978,52 @@ impl Backend for WgpuBackend {
     fn read(&mut self, x: &GpuTensor) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(&x.mem.buf.clone(), (x.rows * x.cols * 4) as u64)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn pick(&mut self, logits: &GpuTensor, picks: &[Pick]) -> Result<Vec<u32>> {
+        let (rows, vocab) = (logits.rows, logits.cols);
+        let penalized: Vec<u32> = picks.iter().flat_map(|p| p.penalized.iter().copied()).collect();
+        let pen = self.dedicated("pick-penalized", (penalized.len() * 4) as u64);
+        if !penalized.is_empty() {
+            self.gpu
+                .queue
+                .write_buffer(&pen.buffer, 0, bytemuck::cast_slice(&penalized));
+        }
+        let keys = self.dedicated("pick-keys", (rows * vocab * 4) as u64);
+        let out = self.dedicated("pick-out", (rows * 8) as u64);
+        let lb = logits.mem.buf.clone();
+        let mut offset = 0;
+        for (row, pick) in picks.iter().enumerate() {
+            let s = &pick.params;
+            let params = [
+                vocab as u32,
+                row as u32,
+                s.top_k.min(u32::MAX as usize) as u32,
+                pick.penalized.len() as u32,
+                offset as u32,
+                s.temperature.to_bits(),
+                s.top_p.to_bits(),
+                s.min_p.to_bits(),
+                s.repeat_penalty.to_bits(),
+                (pick.uniform as f32).to_bits(),
+                0,
+                0,
+            ];
+            offset += pick.penalized.len();
+            self.dispatch(Op::Sample, None, &params, &[&lb, &pen, &keys, &out], [1, 1, 1]);
+        }
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_bytes(&out, (rows * 8) as u64)?);
+        let mut ids: Vec<u32> = words.chunks(2).map(|w| w[0]).collect();
+        // Rows whose kept set may reach past the kernel's 1024 sorted candidates are chosen here.
+        if words.chunks(2).any(|w| w[1] != 0) {
+            let data = self.read(logits)?;
+            for (row, w) in words.chunks(2).enumerate() {
+                if w[1] != 0 {
+                    ids[row] = picks[row].choose(&data[row * vocab..(row + 1) * vocab]);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn allocated_bytes(&self) -> u64 {
