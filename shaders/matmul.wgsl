@@ -1,6 +1,7 @@
 // y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]). W is read through the weight prelude (f32, f16, bf16, fp8).
 // One workgroup computes 4 outputs for 4 tokens: each weight value loaded serves 4 tokens, so decode
-// (t = 1) streams W once and prefill reads it t/4 times. 64 threads split k; a shared-memory tree sums.
+// (t = 1) streams W once and prefill reads it t/4 times. 64 threads split k; `sum16_over_64` (subgroup
+// operations where the adapter has them, else a shared-memory tree) sums.
 // A matrix too large for one binding comes in row parts: this dispatch's W holds rows out_base.. of y.
 struct Params {
     tokens: u32,
@@ -20,10 +21,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-var<workgroup> red: array<f32, 1024>;
-
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, lanes: Lanes) {
+    let lid = lanes.lid;
     let o0 = wid.x * 4u;
     let t0 = wid.y * 4u;
     var acc: array<f32, 16>;
@@ -43,23 +43,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
     }
-    for (var i = 0u; i < 16u; i++) {
-        red[lid.x * 16u + i] = acc[i];
-    }
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride >>= 1u) {
-        if (lid.x < stride) {
-            for (var i = 0u; i < 16u; i++) {
-                red[lid.x * 16u + i] += red[(lid.x + stride) * 16u + i];
-            }
-        }
-        workgroupBarrier();
-    }
+    let sum = sum16_over_64(lanes, acc);
     if (lid.x < 16u) {
         let o = o0 + lid.x / 4u;
         let t = t0 + lid.x % 4u;
         if (o < p.outputs && t < p.tokens) {
-            var v = red[lid.x];
+            var v = sum;
             if (p.has_bias != 0u) {
                 v += bias[p.out_base + o];
             }

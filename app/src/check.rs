@@ -2,7 +2,7 @@
 //! a table adapter x op x dtype; exit 0 only if all pass. `--compile-only` builds every kernel instead.
 
 use volt_runtime::backend::wgpu::gpu::{self, Gpu};
-use volt_runtime::backend::wgpu::kernels::Kernels;
+use volt_runtime::backend::wgpu::kernels::{KernelFeatures, Kernels};
 use volt_runtime::backend::wgpu::WgpuBackend;
 use volt_runtime::backend::WeightDtype;
 use volt_runtime::{bail, conformance, Result};
@@ -33,20 +33,28 @@ pub fn check(args: &[String]) -> Result<()> {
             }
         };
         if flags.has("compile-only") {
-            let built = Kernels::default().build_all(&gpu.device);
-            let status = gpu.check();
-            for (op, format) in &built {
-                println!(
-                    "{name:<48} {:<14} {:<5} {}",
-                    format!("{op:?}"),
-                    format.map(|f| format!("{f:?}")).unwrap_or("-".into()),
-                    if status.is_ok() { "compiled" } else { "FAILED" }
-                );
+            // Every kernel with the adapter's optional features, and in the portable form other adapters get.
+            let mut variants = vec![KernelFeatures::of(&gpu.device)];
+            if variants[0] != KernelFeatures::default() {
+                variants.push(KernelFeatures::default());
             }
-            total += built.len();
-            if let Err(e) = status {
-                println!("{name}: {e}");
-                failed += built.len();
+            for features in variants {
+                let built = Kernels::new(features).build_all(&gpu.device);
+                let status = gpu.check();
+                for (op, format) in &built {
+                    println!(
+                        "{name:<48} {:<14} {:<5} {:<22} {}",
+                        format!("{op:?}"),
+                        format.map(|f| format!("{f:?}").to_lowercase()).unwrap_or("-".into()),
+                        features.describe(),
+                        if status.is_ok() { "compiled" } else { "FAILED" }
+                    );
+                }
+                total += built.len();
+                if let Err(e) = status {
+                    println!("{name}: {e}");
+                    failed += built.len();
+                }
             }
             continue;
         }
@@ -72,8 +80,8 @@ pub fn check(args: &[String]) -> Result<()> {
             }
         };
         println!(
-            "{:<48} {:<14} {:<5} {:<44} {:>10} {:>9}  result",
-            "adapter", "op", "dtype", "shape", "max error", "tolerance"
+            "{:<48} {:<14} {:<5} {:<22} {:<44} {:>10} {:>9}  result",
+            "adapter", "op", "dtype", "kernels", "shape", "max error", "tolerance"
         );
         for r in &results {
             let verdict = if r.passed() {
@@ -82,9 +90,10 @@ pub fn check(args: &[String]) -> Result<()> {
                 format!("FAIL ({})", r.worst)
             };
             println!(
-                "{name:<48} {:<14} {:<5} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
+                "{name:<48} {:<14} {:<5} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
                 r.op,
-                format!("{:?}", r.dtype).to_lowercase(),
+                r.dtype.name(),
+                r.kernels,
                 r.shape,
                 r.max_err,
                 r.tolerance

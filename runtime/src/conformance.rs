@@ -4,6 +4,7 @@
 //! kernels alone. A failure names the index, the expected and the got value.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::wgpu::kernels::KernelFeatures;
 use crate::backend::wgpu::WgpuBackend;
 use crate::backend::{Backend, KvCache, MoeExperts, Precision, Step, WeightDtype};
 use crate::checkpoint::HostTensor;
@@ -19,6 +20,8 @@ use crate::spec::{
 pub struct CaseResult {
     pub op: String,
     pub dtype: WeightDtype,
+    /// The optional features the kernels used ("subgroups, shader-f16" or "portable").
+    pub kernels: String,
     pub shape: String,
     pub max_err: f32,
     pub tolerance: f32,
@@ -127,25 +130,37 @@ pub fn check_wgpu(
     let mut results = Vec::new();
     for &dtype in dtypes {
         let mut reference = CpuBackend::new(dtype);
-        let mut backend = make(dtype)?;
-        for case in CASES {
-            let expected = (case.cpu)(&mut reference, &mut Rng(case.seed))?;
-            let got = (case.wgpu)(&mut backend, &mut Rng(case.seed))?;
-            let (max_err, worst) = compare(&expected, &got);
-            // Attention and MoE chain exponentials and several reductions.
-            let tolerance = if case.name.starts_with("attention") || case.name.starts_with("moe") {
-                2e-4
-            } else {
-                1e-4
-            };
-            results.push(CaseResult {
-                op: case.name.into(),
-                dtype,
-                shape: case.shape.into(),
-                max_err,
-                tolerance,
-                worst,
-            });
+        let backend = make(dtype)?;
+        let features = backend.kernel_features();
+        let mut variants = vec![backend];
+        // On an adapter with optional features, the portable kernels other adapters get are checked too.
+        if features != KernelFeatures::default() {
+            let mut portable = make(dtype)?;
+            portable.use_portable_kernels();
+            variants.push(portable);
+        }
+        for mut backend in variants {
+            let kernels = backend.kernel_features().describe();
+            for case in CASES {
+                let expected = (case.cpu)(&mut reference, &mut Rng(case.seed))?;
+                let got = (case.wgpu)(&mut backend, &mut Rng(case.seed))?;
+                let (max_err, worst) = compare(&expected, &got);
+                // Attention and MoE chain exponentials and several reductions.
+                let tolerance = if case.name.starts_with("attention") || case.name.starts_with("moe") {
+                    2e-4
+                } else {
+                    1e-4
+                };
+                results.push(CaseResult {
+                    op: case.name.into(),
+                    dtype,
+                    kernels: kernels.clone(),
+                    shape: case.shape.into(),
+                    max_err,
+                    tolerance,
+                    worst,
+                });
+            }
         }
     }
     Ok(results)

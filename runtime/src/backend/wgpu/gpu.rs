@@ -69,7 +69,7 @@ impl Gpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("volt"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & super::kernels::KernelFeatures::WANTED,
             required_limits: limits.clone(),
             ..Default::default()
         }))

@@ -21,12 +21,49 @@ impl WeightFormat {
         WeightFormat::Fp8,
     ];
 
-    fn prelude(self) -> &'static str {
+    fn prelude(self, features: KernelFeatures) -> &'static str {
         match self {
             WeightFormat::F32 => include_str!("../../../../shaders/weights_f32.wgsl"),
+            WeightFormat::F16 if features.shader_f16 => include_str!("../../../../shaders/weights_f16_native.wgsl"),
             WeightFormat::F16 => include_str!("../../../../shaders/weights_f16.wgsl"),
             WeightFormat::Bf16 => include_str!("../../../../shaders/weights_bf16.wgsl"),
             WeightFormat::Fp8 => include_str!("../../../../shaders/weights_fp8.wgsl"),
+        }
+    }
+}
+
+/// Optional adapter features the kernels use when present; without them every kernel has a portable form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFeatures {
+    /// Subgroup operations for workgroup sums (`reduce_subgroup.wgsl` instead of `reduce_workgroup.wgsl`).
+    pub subgroups: bool,
+    /// WGSL `f16` for f16 weights (`weights_f16_native.wgsl` instead of unpacking u32 words).
+    pub shader_f16: bool,
+}
+
+impl KernelFeatures {
+    /// The wgpu features worth requesting from an adapter that has them.
+    pub const WANTED: wgpu::Features = wgpu::Features::SUBGROUP.union(wgpu::Features::SHADER_F16);
+
+    pub fn of(device: &wgpu::Device) -> KernelFeatures {
+        let f = device.features();
+        KernelFeatures {
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+        }
+    }
+
+    /// "subgroups, shader-f16", or "portable" with neither.
+    pub fn describe(self) -> String {
+        let names: Vec<&str> = [(self.subgroups, "subgroups"), (self.shader_f16, "shader-f16")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect();
+        if names.is_empty() {
+            "portable".into()
+        } else {
+            names.join(", ")
         }
     }
 }
@@ -129,6 +166,11 @@ impl Op {
     fn reads_weights(self) -> bool {
         matches!(self, Op::Embed | Op::Matmul | Op::MoeGateUp | Op::MoeDown)
     }
+
+    /// Ops built with a `sum16_over_64` prelude.
+    fn sums_over_workgroup(self) -> bool {
+        matches!(self, Op::Matmul)
+    }
 }
 
 const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
@@ -144,12 +186,23 @@ pub struct Kernel {
     pub bindings: usize,
 }
 
-#[derive(Default)]
 pub struct Kernels {
+    features: KernelFeatures,
     built: HashMap<(Op, Option<WeightFormat>), Arc<Kernel>>,
 }
 
 impl Kernels {
+    pub fn new(features: KernelFeatures) -> Kernels {
+        Kernels {
+            features,
+            built: HashMap::new(),
+        }
+    }
+
+    pub fn features(&self) -> KernelFeatures {
+        self.features
+    }
+
     pub fn get(&mut self, device: &wgpu::Device, op: Op, format: Option<WeightFormat>) -> Arc<Kernel> {
         let format = if op.reads_weights() {
             Some(format.unwrap_or(WeightFormat::F32))
@@ -157,9 +210,10 @@ impl Kernels {
             None
         };
         let next_id = self.built.len() as u32;
+        let features = self.features;
         self.built
             .entry((op, format))
-            .or_insert_with(|| Arc::new(build(device, op, format, next_id)))
+            .or_insert_with(|| Arc::new(build(device, op, format, features, next_id)))
             .clone()
     }
 
@@ -198,12 +252,21 @@ impl Kernels {
     }
 }
 
-fn build(device: &wgpu::Device, op: Op, format: Option<WeightFormat>, id: u32) -> Kernel {
+fn build(device: &wgpu::Device, op: Op, format: Option<WeightFormat>, features: KernelFeatures, id: u32) -> Kernel {
     let (body, entry, access) = op.source();
-    let source = match format {
-        Some(f) => format!("{}\n{}", f.prelude(), body),
-        None => body.to_string(),
-    };
+    // Preludes first: `enable f16;` must open the module.
+    let mut source = String::new();
+    if let Some(f) = format {
+        source += f.prelude(features);
+    }
+    if op.sums_over_workgroup() {
+        source += if features.subgroups {
+            include_str!("../../../../shaders/reduce_subgroup.wgsl")
+        } else {
+            include_str!("../../../../shaders/reduce_workgroup.wgsl")
+        };
+    }
+    source += body;
     let label = format!("{op:?}{}", format.map(|f| format!("/{f:?}")).unwrap_or_default());
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&label),

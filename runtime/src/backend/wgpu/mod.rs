@@ -24,7 +24,7 @@ use crate::rope::RopeTable;
 use crate::sampler::Pick;
 use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
 use gpu::Gpu;
-use kernels::{Kernel, Kernels, Op, WeightFormat, PARAMS_STRIDE};
+use kernels::{Kernel, KernelFeatures, Kernels, Op, WeightFormat, PARAMS_STRIDE};
 
 /// Most tokens one step may hold (the prefill chunk of `generate`).
 pub const MAX_STEP_TOKENS: usize = crate::generate::PREFILL_CHUNK;
@@ -188,6 +188,7 @@ impl WgpuBackend {
             .limits
             .max_storage_buffer_binding_size
             .min(gpu.limits.max_buffer_size);
+        let features = KernelFeatures::of(&gpu.device);
         let mut next_id = 0;
         let mut make = |size: u64, usage: wgpu::BufferUsages| {
             next_id += 1;
@@ -212,7 +213,7 @@ impl WgpuBackend {
             dummy: make(16, STORAGE),
             next_id,
             gpu,
-            kernels: Kernels::default(),
+            kernels: Kernels::new(features),
             dtype,
             context,
             pool: Arc::new(Mutex::new(HashMap::new())),
@@ -240,6 +241,18 @@ impl WgpuBackend {
     /// can be exercised on any adapter. Affects weights uploaded afterwards.
     pub fn limit_binding(&mut self, bytes: u64) {
         self.max_binding = self.max_binding.min(bytes);
+    }
+
+    /// The optional features the kernels use.
+    pub fn kernel_features(&self) -> KernelFeatures {
+        self.kernels.features()
+    }
+
+    /// Builds every kernel in its portable form (no subgroups, no shader-f16), as on an adapter without
+    /// those features: how the fallbacks are tested on adapters that have them. Call before any op.
+    pub fn use_portable_kernels(&mut self) {
+        self.kernels = Kernels::new(KernelFeatures::default());
+        self.bind_groups.clear();
     }
 
     /// How many weights were uploaded in more than one part.
@@ -583,7 +596,12 @@ impl Backend for WgpuBackend {
     type Cache = WgpuCache;
 
     fn describe(&self) -> String {
-        format!("wgpu on {} ({:?} weights, f32 compute)", self.gpu.name(), self.dtype).to_lowercase()
+        format!(
+            "wgpu on {} ({} weights, f32 compute, kernels: {})",
+            self.gpu.name(),
+            self.dtype.name(),
+            self.kernels.features().describe()
+        )
     }
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<GpuMatrix> {
