@@ -4,8 +4,9 @@
 use std::time::Instant;
 
 use serde_json::json;
-use volt_runtime::backend::{Step, WeightDtype};
+use volt_runtime::backend::{Precision, Step, WeightDtype};
 use volt_runtime::sampler::{Sampler, SamplingParams};
+use volt_runtime::session::Session;
 use volt_runtime::spec::ModelSpec;
 use volt_runtime::{bail, Result};
 
@@ -37,39 +38,40 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some(d) => WeightDtype::parse(d)?,
         None => volt_runtime::checkpoint::Checkpoint::open(&dir)?.storage_dtype(),
     };
-    let bytes_per_weight = session.bytes_per_weight();
     // Deterministic prompt ids spread over the vocabulary.
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 2654435761) % spec.vocab_size) as u32)
         .collect();
-    let mut sampler = Sampler::new(SamplingParams::greedy());
+    let greedy = Sampler::new(SamplingParams::greedy()).pick(&[]);
 
     // Warm-up: builds pipelines and buffer pools so timings measure steady state.
-    session.forward(&Step::single(0, &prompt[..prompt.len().min(8)], 0), &[0])?;
+    session.forward_pick(
+        &Step::single(0, &prompt[..prompt.len().min(8)], 0),
+        &[0],
+        &[greedy.clone()],
+    )?;
     session.reset(0);
 
-    let vocab = spec.vocab_size;
     let mut next = Vec::with_capacity(batch);
     let started = Instant::now();
     let mut ttft = 0.0;
     for slot in 0..batch {
         session.reset(slot);
-        let mut logits = Vec::new();
+        let mut id = 0;
         for (c, chunk) in prompt.chunks(volt_runtime::generate::PREFILL_CHUNK).enumerate() {
-            logits = session.forward(
-                &Step::single(slot, chunk, c * volt_runtime::generate::PREFILL_CHUNK),
-                &[chunk.len() - 1],
-            )?;
+            let step = Step::single(slot, chunk, c * volt_runtime::generate::PREFILL_CHUNK);
+            id = session.forward_pick(&step, &[chunk.len() - 1], &[greedy.clone()])?[0];
         }
-        next.push(sampler.sample(&logits, &prompt));
+        next.push(id);
         if slot == 0 {
             ttft = started.elapsed().as_secs_f64();
         }
     }
     let prefill_secs = started.elapsed().as_secs_f64();
 
-    // Decode: one token per sequence per step, all sequences in one step.
+    // Decode: one token per sequence per step, all sequences in one step; only the ids are read back.
     let rows: Vec<usize> = (0..batch).collect();
+    let picks = vec![greedy; batch];
     let started = Instant::now();
     for step in 0..gen_tokens.saturating_sub(1) {
         let pos = prompt_tokens + step;
@@ -78,10 +80,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             positions: vec![pos; batch],
             seqs: rows.clone(),
         };
-        let logits = session.forward(&s, &rows)?;
-        for (b, row) in logits.chunks_exact(vocab).enumerate() {
-            next[b] = sampler.sample(row, &[]);
-        }
+        next = session.forward_pick(&s, &rows, &picks)?;
     }
     let decode_secs = started.elapsed().as_secs_f64();
     let decode_tokens = batch * gen_tokens.saturating_sub(1);
@@ -91,13 +90,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         0.0
     };
     let step_s = decode_tok_s / batch as f64;
-    let bytes_per_step = decode_bytes_per_step(&spec, bytes_per_weight, batch, prompt_tokens + gen_tokens / 2);
+    let bytes_per_step = decode_bytes_per_step(&spec, session.as_ref(), batch, prompt_tokens + gen_tokens / 2);
     let copy = session.copy_bandwidth()?;
     let achieved = bytes_per_step * step_s;
     let report = json!({
         "backend": session.describe(),
         "family": spec.family,
-        "dtype": format!("{dtype:?}").to_lowercase(),
+        "dtype": dtype.name(),
         "batch": batch,
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,
@@ -141,20 +140,19 @@ pub fn bench(args: &[String]) -> Result<()> {
 
 /// Bytes one decode step must read: every weight a token touches (attention, the routed experts it may
 /// use, shared experts, norms, the LM head; one embedding row), once per step whatever the batch, plus
-/// each sequence's visible KV (f32) at `context` tokens.
-fn decode_bytes_per_step(spec: &ModelSpec, bytes_per_weight: f64, batch: usize, context: usize) -> f64 {
+/// each sequence's visible KV (f32) at `context` tokens. The embedding and head are counted at their own
+/// precision (bf16 under fp8).
+fn decode_bytes_per_step(spec: &ModelSpec, session: &dyn Session, batch: usize, context: usize) -> f64 {
     let (_, active) = spec.parameter_counts();
-    let embed = (spec.vocab_size * spec.hidden_size) as u64;
-    // The embedding is read one row per token; untied, the head is a separate full read already counted.
-    let weights = if spec.tie_word_embeddings {
-        active
-    } else {
-        active - embed + spec.hidden_size as u64
-    };
+    let table = (spec.vocab_size * spec.hidden_size) as u64;
+    // `active` counts the embedding and, untied, the head; a step reads the head and one embedding row.
+    let counted = if spec.tie_word_embeddings { table } else { 2 * table };
+    let bulk = (active - counted) as f64 * session.bytes_per_weight(Precision::Storage);
+    let tables = (table + spec.hidden_size as u64) as f64 * session.bytes_per_weight(Precision::Table);
     let kv: usize = spec
         .layers
         .iter()
         .map(|l| 2 * l.attn.kv_dim() * l.attn.window().map_or(context, |w| w.min(context)) * 4)
         .sum();
-    weights as f64 * bytes_per_weight + (batch * kv) as f64
+    bulk + tables + (batch * kv) as f64
 }

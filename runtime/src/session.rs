@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, KvCache, LayerRouting, Step};
+use crate::backend::{Backend, KvCache, LayerRouting, Precision, Step};
 use crate::error::Result;
 use crate::model::Model;
 use crate::sampler::Pick;
@@ -24,7 +24,7 @@ pub trait Session {
     /// Bytes the backend holds (weights, caches, activations).
     fn allocated_bytes(&self) -> u64;
     /// Bytes one stored weight of the bulk matrices takes.
-    fn bytes_per_weight(&self) -> f64;
+    fn bytes_per_weight(&self, precision: Precision) -> f64;
     /// Measured copy bandwidth of the backend's memory, bytes (read + written) per second.
     fn copy_bandwidth(&mut self) -> Result<f64>;
     /// Start or stop recording MoE routing; `take_routing` returns what was recorded.
@@ -94,8 +94,8 @@ impl<B: Backend> Session for BackendSession<B> {
         self.backend.copy_bandwidth()
     }
 
-    fn bytes_per_weight(&self) -> f64 {
-        self.backend.bytes_per_weight()
+    fn bytes_per_weight(&self, precision: Precision) -> f64 {
+        self.backend.bytes_per_weight(precision)
     }
 
     fn trace_routing(&mut self, on: bool) {

@@ -515,7 +515,7 @@ impl Backend for CpuBackend {
         self.weight_bytes
     }
 
-    fn bytes_per_weight(&self) -> f64 {
+    fn bytes_per_weight(&self, _: Precision) -> f64 {
         // f16/bf16 only round the values: the reference keeps every weight as f32.
         4.0
     }

@@ -197,8 +197,8 @@ pub trait Backend: WeightTypes + Sized {
 
     /// Bytes the backend holds for weights, caches and activations.
     fn allocated_bytes(&self) -> u64;
-    /// Bytes one stored weight of the bulk matrices takes (what a decode step streams per parameter).
-    fn bytes_per_weight(&self) -> f64;
+    /// Bytes one stored weight of a matrix kept at `precision` takes (what a decode step streams per parameter).
+    fn bytes_per_weight(&self, precision: Precision) -> f64;
     /// Copy bandwidth of the memory weights live in, in bytes moved (read + written) per second, measured
     /// by copying a large buffer: the roofline decode is held against.
     fn copy_bandwidth(&mut self) -> Result<f64>;

@@ -1048,8 +1048,8 @@ impl Backend for WgpuBackend {
         self.allocated
     }
 
-    fn bytes_per_weight(&self) -> f64 {
-        self.dtype.bytes()
+    fn bytes_per_weight(&self, precision: Precision) -> f64 {
+        self.dtype.for_precision(precision).bytes()
     }
 
     fn copy_bandwidth(&mut self) -> Result<f64> {
