@@ -236,6 +236,50 @@ fn malformed_config_is_a_clean_error() {
     );
 }
 
+/// Quantized checkpoints Volt cannot decode are refused by name, never read as garbage weights.
+#[test]
+fn unsupported_quantization_is_a_clean_error() {
+    let dir = scratch_copy("qwen3_fp8", "quant");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut cfg = original.clone();
+    cfg["quantization_config"] = serde_json::json!({"quant_method": "gptq", "bits": 4});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    assert_clean_error(
+        &logits_on("cpu", &dir, "1,2"),
+        "quantization method `gptq` is not supported",
+    );
+    let mut cfg = original;
+    cfg["quantization_config"]["weight_block_size"] = serde_json::json!([64, 64]);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    assert_clean_error(
+        &logits_on("cpu", &dir, "1,2"),
+        "weight_block_size [64,64] is not supported",
+    );
+}
+
+/// `volt info` reports the published precision: fp8 for an FP8 checkpoint (the default `--dtype` then), and
+/// `--dtype fp8` quantizes the shipped bf16 model at load: its logits move, but little.
+#[test]
+fn fp8_checkpoints_and_dtype_fp8() {
+    let info = |dir: &Path| json_stdout(&volt(&["info", "--model", dir.to_str().unwrap(), "--json"]));
+    assert_eq!(info(&fixture("qwen3_fp8"))["dtype"], "fp8");
+    assert_eq!(info(&fixture("qwen3_moe"))["dtype"], "f32");
+    let logits = |dtype: &str| {
+        let out = volt(&["logits", "--ids", "5,17,300,9", "--dtype", dtype]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json_stdout(&out)["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect::<Vec<f64>>()
+    };
+    let (bf16, fp8) = (logits("bf16"), logits("fp8"));
+    let diff = bf16.iter().zip(&fp8).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(diff > 0.0 && diff < 0.5, "fp8 vs bf16 logits differ by {diff}");
+}
+
 #[test]
 fn unknown_architecture_is_a_clean_error() {
     let dir = scratch_copy("llama", "arch");

@@ -18,7 +18,13 @@ pub fn info(args: &[String]) -> Result<()> {
     if context == 0 {
         volt_runtime::bail!("--context must be at least 1");
     }
-    let report = report(&spec, context);
+    let mut report = report(&spec, context);
+    // The precision the weights are published in (a config file alone has none).
+    let folder = if path.is_dir() { Some(path.as_path()) } else { None };
+    report["dtype"] = match folder.map(volt_runtime::checkpoint::Checkpoint::open) {
+        Some(Ok(ck)) => json!(ck.storage_dtype().name()),
+        _ => Value::Null,
+    };
     if flags.has("json") {
         println!("{report}");
     } else {
@@ -86,6 +92,9 @@ fn print_table(spec: &ModelSpec, r: &Value) {
         m(&r["params_active"])
     );
     println!("vocab / hidden    {} / {}", spec.vocab_size, spec.hidden_size);
+    if let Some(dtype) = r["dtype"].as_str() {
+        println!("weights           {dtype}");
+    }
     println!("layer  attention       kv_source  ffn");
     for (i, l) in r["layers"].as_array().into_iter().flatten().enumerate() {
         let attn = match l["window"].as_u64() {
