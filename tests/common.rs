@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test file uses its own subset
 //! What the golden tests share: the fixture folders and their expected.json (made by tools/make_fixtures.py
 //! and tools/make_volt_fixtures.py).
 

@@ -67,6 +67,86 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
+/// What a sequence has produced so far: its tokens, the text made final, and whether it has ended. The
+/// generation loop and the engine feed it each chosen token.
+pub struct SequenceOutput {
+    stop: StopMatcher,
+    stream: Option<TextStream>,
+    pub tokens: Vec<u32>,
+    /// The final text so far; None without a tokenizer.
+    pub text: Option<String>,
+    max_tokens: usize,
+    hit_stop_string: bool,
+}
+
+impl SequenceOutput {
+    /// `max_tokens`: the most tokens this sequence may produce (the request's, bounded by the context).
+    pub fn new(tokenizer: Option<&Tokenizer>, eos_ids: &[u32], opts: &GenerateOptions, max_tokens: usize) -> Self {
+        SequenceOutput {
+            stop: StopMatcher::new(
+                if opts.ignore_eos { Vec::new() } else { eos_ids.to_vec() },
+                opts.stop_strings.clone(),
+            ),
+            stream: tokenizer.map(TextStream::new),
+            tokens: Vec::new(),
+            text: tokenizer.map(|_| String::new()),
+            max_tokens,
+            hit_stop_string: false,
+        }
+    }
+
+    /// Takes a chosen token. Returns the text that became final with it (never half a character, never the
+    /// start of a stop string that may still complete) and, when the sequence ends here, why. An
+    /// end-of-sequence id ends it without being kept.
+    pub fn push(&mut self, id: u32) -> Result<(String, Option<FinishReason>)> {
+        if self.tokens.len() >= self.max_tokens {
+            return Ok((String::new(), Some(FinishReason::Length)));
+        }
+        if self.stop.is_eos(id) {
+            return Ok((self.finish()?, Some(FinishReason::Stop)));
+        }
+        self.tokens.push(id);
+        let mut emitted = String::new();
+        if let Some(stream) = self.stream.as_mut() {
+            let piece = stream.push(id)?;
+            let (emit, stopped) = self.stop.push_text(&piece);
+            emitted = emit;
+            if stopped {
+                self.hit_stop_string = true;
+                self.append(&emitted);
+                return Ok((emitted, Some(FinishReason::Stop)));
+            }
+        }
+        self.append(&emitted);
+        if self.tokens.len() == self.max_tokens {
+            emitted += &self.finish()?;
+            return Ok((emitted, Some(FinishReason::Length)));
+        }
+        Ok((emitted, None))
+    }
+
+    /// At the end, whatever the stream and the stop matcher still hold is final text (unless a stop string
+    /// ended the sequence).
+    fn finish(&mut self) -> Result<String> {
+        let mut rest = String::new();
+        if let Some(stream) = self.stream.as_mut() {
+            if !self.hit_stop_string {
+                let tail = stream.finish()?;
+                rest = self.stop.push_text(&tail).0;
+                rest += &self.stop.flush();
+            }
+        }
+        self.append(&rest);
+        Ok(rest)
+    }
+
+    fn append(&mut self, piece: &str) {
+        if let Some(t) = self.text.as_mut() {
+            t.push_str(piece);
+        }
+    }
+}
+
 /// Generates from `prompt` in `slot` (reset first). `on_text` receives text as soon as it is final: never
 /// half a character, never the start of a stop string that may still complete.
 pub fn generate(
@@ -82,23 +162,14 @@ pub fn generate(
         bail!("empty input: the prompt has no tokens");
     }
     opts.sampling.validate()?;
-    let context = session.spec().max_position_embeddings;
+    let context = session.context();
     if prompt.len() >= context {
-        bail!(
-            "the prompt has {} tokens; the model's context is {context}",
-            prompt.len()
-        );
+        bail!("the prompt has {} tokens; the context is {context}", prompt.len());
     }
-    let max_tokens = opts.max_tokens.min(context - prompt.len());
     session.reset(slot);
     let mut sampler = Sampler::new(opts.sampling.clone());
-    let mut stop = StopMatcher::new(
-        if opts.ignore_eos { Vec::new() } else { eos_ids.to_vec() },
-        opts.stop_strings.clone(),
-    );
-    let mut stream = tokenizer.map(TextStream::new);
+    let mut output = SequenceOutput::new(tokenizer, eos_ids, opts, opts.max_tokens.min(context - prompt.len()));
     let mut history = prompt.to_vec();
-    let mut text = tokenizer.map(|_| String::new());
 
     let started = Instant::now();
     let mut id = 0;
@@ -113,43 +184,20 @@ pub fn generate(
     let prefill_secs = started.elapsed().as_secs_f64();
 
     let decode_started = Instant::now();
-    let mut tokens = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut hit_stop_string = false;
-    while tokens.len() < max_tokens {
-        if stop.is_eos(id) {
-            finish = FinishReason::Stop;
-            break;
+    let finish = loop {
+        let (text, finish) = output.push(id)?;
+        if !text.is_empty() {
+            on_text(&text);
         }
-        tokens.push(id);
+        if let Some(finish) = finish {
+            break finish;
+        }
         history.push(id);
-        if let Some(stream) = stream.as_mut() {
-            let piece = stream.push(id)?;
-            let (emit, stopped) = stop.push_text(&piece);
-            emit_text(&mut text, &emit, &mut on_text);
-            if stopped {
-                finish = FinishReason::Stop;
-                hit_stop_string = true;
-                break;
-            }
-        }
-        if tokens.len() == max_tokens {
-            break;
-        }
         let step = Step::single(slot, &[id], history.len() - 1);
         id = session.forward_pick(&step, &[0], &[sampler.pick(&history)])?[0];
-    }
-    // Without a stop string, whatever the stream and the matcher still hold is final text.
-    if let Some(stream) = stream.as_mut() {
-        if !hit_stop_string {
-            let rest = stream.finish()?;
-            let (emit, _) = stop.push_text(&rest);
-            emit_text(&mut text, &emit, &mut on_text);
-            let held = stop.flush();
-            emit_text(&mut text, &held, &mut on_text);
-        }
-    }
+    };
     let decode_secs = decode_started.elapsed().as_secs_f64();
+    let tokens = output.tokens;
     // The first token comes from the prefill; decode speed counts the steps after it.
     let decode_steps = tokens.len().saturating_sub(1);
     Ok(Generation {
@@ -157,19 +205,9 @@ pub fn generate(
         prefill_tok_s: rate(prompt.len(), prefill_secs),
         decode_tok_s: rate(decode_steps, decode_secs),
         tokens,
-        text,
+        text: output.text,
         finish,
     })
-}
-
-fn emit_text(text: &mut Option<String>, piece: &str, on_text: &mut impl FnMut(&str)) {
-    if piece.is_empty() {
-        return;
-    }
-    if let Some(t) = text.as_mut() {
-        t.push_str(piece);
-    }
-    on_text(piece);
 }
 
 fn rate(count: usize, secs: f64) -> f64 {

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod conformance;
+pub mod engine;
 pub mod eval;
 pub mod fp8;
 pub mod generate;

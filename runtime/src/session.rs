@@ -21,6 +21,13 @@ pub trait Session {
     /// Tokens cached for a sequence slot.
     fn seq_len(&self, slot: usize) -> usize;
     fn reset(&mut self, slot: usize);
+    /// See `KvCache::can_truncate` and `KvCache::truncate`.
+    fn can_truncate(&self, slot: usize, len: usize) -> bool;
+    fn truncate(&mut self, slot: usize, len: usize);
+    /// Sequence slots the cache holds.
+    fn slots(&self) -> usize;
+    /// The most positions a sequence may reach: the model's context, bounded by the cache.
+    fn context(&self) -> usize;
     /// Bytes the backend holds (weights, caches, activations).
     fn allocated_bytes(&self) -> u64;
     /// Bytes one stored weight of the bulk matrices takes.
@@ -84,6 +91,23 @@ impl<B: Backend> Session for BackendSession<B> {
 
     fn reset(&mut self, slot: usize) {
         self.cache.reset(slot)
+    }
+
+    fn can_truncate(&self, slot: usize, len: usize) -> bool {
+        self.cache.can_truncate(slot, len)
+    }
+
+    fn truncate(&mut self, slot: usize, len: usize) {
+        self.cache.truncate(slot, len)
+    }
+
+    fn slots(&self) -> usize {
+        self.cache.slots()
+    }
+
+    fn context(&self) -> usize {
+        let model = self.model.spec.max_position_embeddings;
+        self.cache.capacity().map_or(model, |c| c.min(model))
     }
 
     fn allocated_bytes(&self) -> u64 {

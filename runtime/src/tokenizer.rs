@@ -2,6 +2,7 @@
 //! `tokenizer_config.json`, and an incremental detokenizer for streaming output.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -9,9 +10,11 @@ use crate::bail;
 use crate::error::{Error, Result, ResultExt};
 
 /// A model folder's tokenizer: `tokenizer.json` plus the special tokens of `tokenizer_config.json`.
+/// Clones share one loaded tokenizer.
+#[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-    config: TokenizerConfig,
+    inner: Arc<tokenizers::Tokenizer>,
+    config: Arc<TokenizerConfig>,
 }
 
 impl Tokenizer {
@@ -25,8 +28,8 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::msg(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
         Ok(Some(Tokenizer {
-            inner,
-            config: TokenizerConfig::load(dir)?,
+            inner: Arc::new(inner),
+            config: Arc::new(TokenizerConfig::load(dir)?),
         }))
     }
 
@@ -126,18 +129,18 @@ fn special_token(config: &Value, key: &str) -> Result<Option<String>> {
 /// The new ids are decoded together with the ids emitted just before them (the window `ids`), and the
 /// text is the part of that decode past the decode of the already emitted ids: the context token gives
 /// the new ones their leading space, and a window whose decode ends in U+FFFD is waiting for more bytes.
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
+pub struct TextStream {
+    tokenizer: Tokenizer,
     /// The window: context ids whose text was emitted, then ids whose text was not.
     ids: Vec<u32>,
     /// How many of `ids` are context (already emitted).
     read_offset: usize,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+impl TextStream {
+    pub fn new(tokenizer: &Tokenizer) -> Self {
         TextStream {
-            tokenizer,
+            tokenizer: tokenizer.clone(),
             ids: Vec::new(),
             read_offset: 0,
         }

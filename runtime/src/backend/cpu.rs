@@ -97,6 +97,28 @@ impl KvCache for CpuCache {
     fn slots(&self) -> usize {
         self.lens.len()
     }
+    fn can_truncate(&self, slot: usize, len: usize) -> bool {
+        len <= self.lens[slot]
+            && self
+                .layers
+                .iter()
+                .zip(&self.windows)
+                .all(|(seqs, window)| match (seqs, window) {
+                    (Some(seqs), Some(w)) => seqs[slot].start <= (len + 1).saturating_sub(*w),
+                    _ => true,
+                })
+    }
+    fn truncate(&mut self, slot: usize, len: usize) {
+        debug_assert!(self.can_truncate(slot, len));
+        self.lens[slot] = len;
+        for (seqs, kv_dim) in self.layers.iter_mut().zip(&self.kv_dims) {
+            if let Some(s) = seqs.as_mut().map(|seqs| &mut seqs[slot]) {
+                let rows = len.saturating_sub(s.start) * kv_dim;
+                s.k.truncate(rows);
+                s.v.truncate(rows);
+            }
+        }
+    }
 }
 
 impl CpuCache {

@@ -226,6 +226,11 @@ pub trait KvCache {
     fn seq_len(&self, slot: usize) -> usize;
     /// Forget a sequence so its slot can start again at position 0.
     fn reset(&mut self, slot: usize);
+    /// Whether the slot can continue from position `len` (at most its length) after dropping what follows:
+    /// every sliding layer must still hold the window a token at `len` attends to.
+    fn can_truncate(&self, slot: usize, len: usize) -> bool;
+    /// Keeps the first `len` positions of a slot (see `can_truncate`).
+    fn truncate(&mut self, slot: usize, len: usize);
     fn slots(&self) -> usize;
     /// The most positions a sequence may reach (None: bounded by memory only).
     fn capacity(&self) -> Option<usize> {

@@ -95,7 +95,9 @@ pub struct GpuRope {
 struct LayerKv {
     k: Arc<GpuBuffer>,
     v: Arc<GpuBuffer>,
+    /// Positions held: a ring for sliding layers, the whole context for full ones.
     capacity: usize,
+    window: Option<usize>,
 }
 
 pub struct WgpuCache {
@@ -114,6 +116,19 @@ impl KvCache for WgpuCache {
     }
     fn slots(&self) -> usize {
         self.lens.len()
+    }
+    fn can_truncate(&self, slot: usize, len: usize) -> bool {
+        // A ring of `capacity` positions still holds [seq_len - capacity, seq_len); a token at `len` needs
+        // (len - window, len).
+        len <= self.lens[slot]
+            && self.layers.iter().flatten().all(|l| match l.window {
+                Some(w) => (len + 1).saturating_sub(w) >= self.lens[slot].saturating_sub(l.capacity),
+                None => true,
+            })
+    }
+    fn truncate(&mut self, slot: usize, len: usize) {
+        // Positions from `len` on are rewritten as the sequence grows again.
+        self.lens[slot] = len;
     }
     fn capacity(&self) -> Option<usize> {
         Some(self.context)
@@ -685,6 +700,7 @@ impl Backend for WgpuBackend {
                 k: make(),
                 v: make(),
                 capacity,
+                window: l.attn.window(),
             }));
             self.allocated += 2 * bytes.max(16);
         }

@@ -1,0 +1,247 @@
+//! The engine (continuous batching, prefix reuse, cancellation) against one-at-a-time generation, on the
+//! CPU and, when an adapter exists, on wgpu: batched, prefix-reusing generation must give exactly the
+//! tokens of running each request alone.
+
+#[path = "common.rs"]
+mod common;
+
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+
+use common::fixtures_root;
+use volt_runtime::backend::cpu::CpuBackend;
+use volt_runtime::backend::wgpu::gpu::{self, Gpu};
+use volt_runtime::backend::wgpu::WgpuBackend;
+use volt_runtime::backend::WeightDtype;
+use volt_runtime::engine::{Completion, Engine, Event, Request};
+use volt_runtime::generate::{generate, GenerateOptions};
+use volt_runtime::sampler::SamplingParams;
+use volt_runtime::session::{BackendSession, Session};
+
+fn session(dir: &Path, backend: &str, slots: usize) -> Box<dyn Session + Send> {
+    match backend {
+        "cpu" => Box::new(BackendSession::load(CpuBackend::new(WeightDtype::F32), dir, slots).unwrap()),
+        _ => {
+            let wgpu = WgpuBackend::with_gpu(Gpu::open_default().unwrap(), WeightDtype::F32, 1024).unwrap();
+            Box::new(BackendSession::load(wgpu, dir, slots).unwrap())
+        }
+    }
+}
+
+/// The backends to run on: the CPU, and wgpu when an adapter exists.
+fn backends() -> Vec<&'static str> {
+    if gpu::adapters().is_empty() {
+        println!("SKIP the wgpu half: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        vec!["cpu"]
+    } else {
+        vec!["cpu", "wgpu"]
+    }
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_strings: vec![],
+        ignore_eos: true,
+    }
+}
+
+/// Every event of a request until its last; panics on an error event.
+fn finish(events: Receiver<Event>) -> (Vec<u32>, Completion) {
+    let mut streamed = Vec::new();
+    for e in events {
+        match e {
+            Event::Token { id, .. } => streamed.push(id),
+            Event::Text(_) => {}
+            Event::Done(c) => return (streamed, c),
+            Event::Error(e) => panic!("request failed: {e}"),
+        }
+    }
+    panic!("the event stream ended without Done or Error");
+}
+
+/// Deterministic prompts of the given lengths over a vocabulary.
+fn prompts(lengths: &[usize], vocab: usize) -> Vec<Vec<u32>> {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| (0..n).map(|i| ((i * 31 + p * 17 + 3) % vocab) as u32).collect())
+        .collect()
+}
+
+#[test]
+fn batched_generation_gives_the_tokens_of_one_at_a_time() {
+    // Sliding windows of 4-6 with KV-sharing full layers (volt), sinks (gpt_oss), plain sliding (mistral):
+    // prompts up to 40 tokens run past every window.
+    for backend in backends() {
+        for fixture in ["volt", "volt_topk", "gpt_oss", "mistral", "qwen3_moe"] {
+            let dir = fixtures_root().join(fixture);
+            let mut alone = session(&dir, backend, 1);
+            let vocab = alone.spec().vocab_size;
+            let prompts = prompts(&[13, 3, 40, 7, 22, 9], vocab);
+            let expected: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|p| {
+                    generate(alone.as_mut(), 0, p, None, &[], &greedy(10), |_| {})
+                        .unwrap()
+                        .tokens
+                })
+                .collect();
+            // Three slots for six requests: some wait in the queue and join as others leave.
+            let engine = Engine::start(session(&dir, backend, 3), None, vec![]);
+            let pending: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    engine
+                        .submit(Request {
+                            prompt: p.clone(),
+                            options: greedy(10),
+                        })
+                        .1
+                })
+                .collect();
+            for (i, events) in pending.into_iter().enumerate() {
+                let (streamed, done) = finish(events);
+                assert_eq!(done.tokens, expected[i], "{backend} {fixture} request {i}");
+                assert_eq!(
+                    streamed, expected[i],
+                    "{backend} {fixture} request {i}: streamed tokens"
+                );
+            }
+            println!("{backend} {fixture}: 6 requests on 3 slots match one-at-a-time greedy");
+        }
+    }
+}
+
+#[test]
+fn a_second_turn_prefills_only_its_new_tokens() {
+    for backend in backends() {
+        for fixture in ["volt", "gpt_oss"] {
+            let dir = fixtures_root().join(fixture);
+            let mut alone = session(&dir, backend, 1);
+            let engine = Engine::start(session(&dir, backend, 2), None, vec![]);
+            let first = prompts(&[30], alone.spec().vocab_size).remove(0);
+            let (_, turn1) = finish(
+                engine
+                    .submit(Request {
+                        prompt: first.clone(),
+                        options: greedy(8),
+                    })
+                    .1,
+            );
+            // The next turn: the whole first exchange, then a new message of 5 tokens.
+            let mut second = first.clone();
+            second.extend(&turn1.tokens);
+            second.extend([5, 9, 2, 7, 1]);
+            let (_, turn2) = finish(
+                engine
+                    .submit(Request {
+                        prompt: second.clone(),
+                        options: greedy(8),
+                    })
+                    .1,
+            );
+            // Cached: the first prompt and every reply token but the last (never fed: the turn ended on it).
+            let prefilled = turn2.prompt_tokens - turn2.cached_tokens;
+            assert_eq!(prefilled, 5 + 1, "{backend} {fixture}: prefilled {prefilled} tokens");
+            let expected = generate(alone.as_mut(), 0, &second, None, &[], &greedy(8), |_| {})
+                .unwrap()
+                .tokens;
+            assert_eq!(turn2.tokens, expected, "{backend} {fixture}: second turn");
+
+            // A prompt that leaves the cached one early, where the sliding windows have moved on: the CPU cache
+            // no longer holds that window, so it is prefilled again; the output is right either way.
+            let mut branch = first[..12].to_vec();
+            branch.extend([3, 3, 4]);
+            let (_, turn3) = finish(
+                engine
+                    .submit(Request {
+                        prompt: branch.clone(),
+                        options: greedy(8),
+                    })
+                    .1,
+            );
+            let expected = generate(alone.as_mut(), 0, &branch, None, &[], &greedy(8), |_| {})
+                .unwrap()
+                .tokens;
+            assert_eq!(turn3.tokens, expected, "{backend} {fixture}: branch");
+            println!(
+                "{backend} {fixture}: second turn prefilled {prefilled} of {} tokens; branch reused {} of {}",
+                turn2.prompt_tokens, turn3.cached_tokens, turn3.prompt_tokens
+            );
+        }
+    }
+}
+
+#[test]
+fn a_client_that_goes_away_frees_its_sequence() {
+    let dir = fixtures_root().join("volt");
+    // One slot: the second request can only run once the first one's slot is freed.
+    let engine = Engine::start(session(&dir, "cpu", 1), None, vec![]);
+    let (_, events) = engine.submit(Request {
+        prompt: vec![1, 2, 3],
+        options: greedy(200),
+    });
+    let first: Vec<Event> = events.iter().take(2).collect();
+    assert!(matches!(first[0], Event::Token { .. }), "{first:?}");
+    drop(events);
+    let (_, done) = finish(
+        engine
+            .submit(Request {
+                prompt: vec![4, 5, 6],
+                options: greedy(4),
+            })
+            .1,
+    );
+    assert_eq!(done.tokens.len(), 4);
+
+    // Cancelling by id works the same way.
+    let (id, events) = engine.submit(Request {
+        prompt: vec![1, 2, 3],
+        options: greedy(200),
+    });
+    assert!(matches!(events.recv().unwrap(), Event::Token { .. }));
+    engine.cancel(id);
+    let rest: Vec<Event> = events.iter().collect();
+    assert!(rest.len() < 200 && !rest.iter().any(|e| matches!(e, Event::Done(_))));
+    let (_, done) = finish(
+        engine
+            .submit(Request {
+                prompt: vec![7],
+                options: greedy(3),
+            })
+            .1,
+    );
+    assert_eq!(done.tokens.len(), 3);
+}
+
+#[test]
+fn bad_requests_get_an_error_event_and_the_engine_goes_on() {
+    let dir = fixtures_root().join("volt");
+    let engine = Engine::start(session(&dir, "cpu", 2), None, vec![]);
+    let cases = [
+        (vec![], "empty input"),
+        (vec![1, 100_000], "outside the vocabulary"),
+        (vec![1; 300], "the context is"),
+    ];
+    for (prompt, needle) in cases {
+        let (_, events) = engine.submit(Request {
+            prompt,
+            options: greedy(4),
+        });
+        match events.recv().unwrap() {
+            Event::Error(e) => assert!(e.contains(needle), "{e}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    let (_, done) = finish(
+        engine
+            .submit(Request {
+                prompt: vec![1, 2],
+                options: greedy(3),
+            })
+            .1,
+    );
+    assert_eq!(done.tokens.len(), 3);
+}
