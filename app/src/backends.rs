@@ -17,7 +17,7 @@ const GPU_CONTEXT: usize = 8192;
 
 /// Loads `dir` onto the chosen backend with `slots` sequence slots. Weights stay in the checkpoint's own
 /// precision unless `dtype` asks for another.
-pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Result<Box<dyn Session>> {
+pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Result<Box<dyn Session + Send>> {
     let chosen = match backend {
         "auto" => auto(),
         "cpu" | "wgpu" | "cuda" => backend,

@@ -8,6 +8,7 @@ mod cli;
 mod eval;
 mod generate;
 mod info;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ commands:
   bench      prefill/decode speed, time to first token, memory, decode bandwidth vs the device's copy bandwidth
   check      run every GPU kernel against the CPU reference on every adapter (or --compile-only)
   route-stats per-layer expert load f_i, router probability P_i and the balance terms L_ST, L_EP, L_PEP
+  serve      OpenAI-compatible HTTP server (chat and text completions, streaming) with continuous batching
 
 run `volt <command> --help` for a command's flags";
 
@@ -79,6 +81,7 @@ fn run(args: &[String]) -> Result<()> {
         "route-stats" => eval::route_stats(rest),
         "check" => check::check(rest),
         "bench" => bench::bench(rest),
+        "serve" => serve::serve(rest),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -88,7 +91,7 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         other => {
-            bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench)")
+            bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench, serve)")
         }
     }
 }
@@ -105,7 +108,8 @@ fn help(command: &str) -> Result<&'static str> {
         "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
         "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
         "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
-        other => bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench)"),
+        "serve" => "volt serve [--model DIR] [--host 127.0.0.1] [--port 8080] [--slots N] [--backend B] [--dtype D]",
+        other => bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench, serve)"),
     })
 }
 

@@ -13,8 +13,9 @@
 //! prompt is prefilled again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::backend::Step;
@@ -55,6 +56,25 @@ pub struct Completion {
     pub cached_tokens: usize,
 }
 
+/// What the engine is doing, for health checks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub running: usize,
+    pub queued: usize,
+    /// Requests that ran to the end (`Done`).
+    pub completed: u64,
+    /// Requests stopped by `cancel` or by their receiver going away.
+    pub cancelled: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    running: AtomicUsize,
+    queued: AtomicUsize,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+}
+
 enum Control {
     Submit(u64, Request, Sender<Event>),
     Cancel(u64),
@@ -65,6 +85,7 @@ enum Control {
 pub struct Engine {
     control: Sender<Control>,
     next_id: AtomicU64,
+    counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -73,7 +94,9 @@ impl Engine {
     pub fn start(session: Box<dyn Session + Send>, tokenizer: Option<Tokenizer>, eos_ids: Vec<u32>) -> Engine {
         let (control, inbox) = mpsc::channel();
         let slots = (0..session.slots()).map(|_| Slot::default()).collect();
+        let counters = Arc::new(Counters::default());
         let scheduler = Scheduler {
+            counters: counters.clone(),
             session,
             tokenizer,
             eos_ids,
@@ -90,7 +113,18 @@ impl Engine {
         Engine {
             control,
             next_id: AtomicU64::new(1),
+            counters,
             thread: Some(thread),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            running: c.running.load(Ordering::Relaxed),
+            queued: c.queued.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
         }
     }
 
@@ -141,6 +175,7 @@ struct Sequence {
 }
 
 struct Scheduler {
+    counters: Arc<Counters>,
     session: Box<dyn Session + Send>,
     tokenizer: Option<Tokenizer>,
     eos_ids: Vec<u32>,
@@ -171,6 +206,7 @@ impl Scheduler {
                 }
             }
             self.admit();
+            self.publish();
             if !self.running.is_empty() {
                 if let Err(e) = self.step() {
                     // A failed step leaves the caches unknown: end every running sequence with the error.
@@ -180,8 +216,14 @@ impl Scheduler {
                         self.slots[seq.slot] = Slot::default();
                     }
                 }
+                self.publish();
             }
         }
+    }
+
+    fn publish(&self) {
+        self.counters.running.store(self.running.len(), Ordering::Relaxed);
+        self.counters.queued.store(self.queue.len(), Ordering::Relaxed);
     }
 
     /// Applies a control message; false on shutdown.
@@ -193,6 +235,7 @@ impl Scheduler {
                 if let Some(i) = self.running.iter().position(|s| s.id == id) {
                     let seq = self.running.swap_remove(i);
                     self.release(&seq);
+                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Control::Shutdown => return false,
@@ -336,14 +379,20 @@ impl Scheduler {
         ended.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
         for (i, finish) in ended {
             let seq = self.running.swap_remove(i);
-            if let Some(finish) = finish {
-                let _ = seq.events.send(Event::Done(Completion {
-                    tokens: seq.output.tokens.clone(),
-                    text: seq.output.text.clone(),
-                    finish,
-                    prompt_tokens: seq.prompt_tokens,
-                    cached_tokens: seq.cached_tokens,
-                }));
+            match finish {
+                Some(finish) => {
+                    let _ = seq.events.send(Event::Done(Completion {
+                        tokens: seq.output.tokens.clone(),
+                        text: seq.output.text.clone(),
+                        finish,
+                        prompt_tokens: seq.prompt_tokens,
+                        cached_tokens: seq.cached_tokens,
+                    }));
+                    self.counters.completed.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
             }
             self.release(&seq);
         }
