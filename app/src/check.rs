@@ -72,7 +72,7 @@ pub fn check(args: &[String]) -> Result<()> {
             }
         };
         println!(
-            "{:<48} {:<14} {:<5} {:<44} {:>10} {:>9}  result",
+            "{:<48} {:<15} {:<5} {:<44} {:>10} {:>9}  result",
             "adapter", "op", "dtype", "shape", "max error", "tolerance"
         );
         for r in &results {
@@ -82,7 +82,7 @@ pub fn check(args: &[String]) -> Result<()> {
                 format!("FAIL ({})", r.worst)
             };
             println!(
-                "{name:<48} {:<14} {:<5} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
+                "{name:<48} {:<15} {:<5} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
                 r.op,
                 format!("{:?}", r.dtype).to_lowercase(),
                 r.shape,
