@@ -208,6 +208,24 @@ const CASES: &[Case] = &[
         10,
         attention_sliding_case
     ),
+    case!(
+        "attention/split",
+        "full, gqa 6/2, head_dim=22, decode at 700",
+        15,
+        attention_split_full_case
+    ),
+    case!(
+        "attention/split",
+        "sliding w=300, sinks, head_dim=36, at 900",
+        16,
+        attention_split_sliding_case
+    ),
+    case!(
+        "attention/split",
+        "full, sinks, head_dim=18, seqs at 777/301/40",
+        17,
+        attention_split_seqs_case
+    ),
     case!("moe/top-k", "e=7 k=3 h=45 i=19 softmax renorm", 11, moe_topk_case),
     case!("moe/top-p", "e=9 p=0.55 [1,4] h=33 i=21", 12, moe_topp_case),
     case!(
@@ -427,6 +445,61 @@ fn attention_full_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> 
 
 fn attention_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
     attention_case(be, r, attn_spec(Some(5), 4, 1, 36, true))
+}
+
+/// Decode steps long enough for the wgpu backend's split attention: each sequence `s` is prefilled with
+/// `lens[s]` tokens (in chunks a step may hold), then one step decodes a token of every sequence. Returns the
+/// decode step's attention.
+fn attention_decode_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, lens: &[usize]) -> Result<Vec<f32>> {
+    let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
+    let mut cache = be.new_cache(&model, lens.len())?;
+    let sinks = if spec.sinks {
+        Some(be.upload_vector(r.tensor(&[spec.n_heads], 2.0))?)
+    } else {
+        None
+    };
+    let mut steps = Vec::new();
+    for (seq, &len) in lens.iter().enumerate() {
+        for start in (0..len).step_by(crate::generate::PREFILL_CHUNK) {
+            let end = len.min(start + crate::generate::PREFILL_CHUNK);
+            steps.push(Step::single(seq, &vec![0; end - start], start));
+        }
+    }
+    steps.push(Step {
+        tokens: vec![0; lens.len()],
+        positions: lens.to_vec(),
+        seqs: (0..lens.len()).collect(),
+    });
+    let mut out = Vec::new();
+    for step in steps {
+        let t = step.len();
+        let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
+        let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        be.begin_step(&Step {
+            tokens: (0..t as u32).collect(),
+            ..step
+        })?;
+        let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
+        let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), sinks.as_ref());
+        be.end_step(&mut cache)?;
+        out = be.read(&y)?;
+    }
+    Ok(out)
+}
+
+fn attention_split_full_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_decode_case(be, r, attn_spec(None, 6, 2, 22, false), &[700])
+}
+
+/// The sliding layer's ring holds window + 512 positions, so at 900 it has wrapped.
+fn attention_split_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_decode_case(be, r, attn_spec(Some(300), 4, 1, 36, true), &[900])
+}
+
+/// Rows of one step in different chunk counts; the row at 40 leaves all but its first chunk empty.
+fn attention_split_seqs_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_decode_case(be, r, attn_spec(None, 4, 2, 18, true), &[777, 301, 40])
 }
 
 fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize) -> Result<Vec<f32>> {

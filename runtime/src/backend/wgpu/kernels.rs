@@ -76,6 +76,8 @@ pub enum Op {
     Rope,
     KvWrite,
     Attention,
+    AttentionSplit,
+    AttentionMerge,
     Add,
     SwiGlu,
     Clamp,
@@ -95,6 +97,17 @@ pub enum Access {
 }
 
 use Access::{Read, ReadWrite as Rw, Uniform};
+
+/// An attention kernel's source: `attention_common.wgsl` (parameters, bindings 0-5, the online softmax),
+/// then the kernel's own file.
+macro_rules! attention_kernel {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../../../shaders/attention_common.wgsl"),
+            include_str!(concat!("../../../../shaders/", $file))
+        )
+    };
+}
 
 impl Op {
     /// (source, entry point, bindings in order 0..n). Ops that read a weight matrix take it at binding 1
@@ -127,10 +140,12 @@ impl Op {
                 &[Uniform, Read, Read, Read, Read, Rw, Rw],
             ),
             Op::Attention => (
-                include_str!("../../../../shaders/attention.wgsl"),
+                attention_kernel!("attention.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Read, Read, Read, Rw],
             ),
+            Op::AttentionSplit => (ATTENTION_SPLIT, "partial_chunk", SPLIT_BINDINGS),
+            Op::AttentionMerge => (ATTENTION_SPLIT, "merge_chunks", SPLIT_BINDINGS),
             Op::Add => (ELEMENTWISE, "add", &[Uniform, Rw, Read]),
             Op::SwiGlu => (ELEMENTWISE, "swiglu", &[Uniform, Rw, Read]),
             Op::Clamp => (ELEMENTWISE, "clamp_values", &[Uniform, Rw, Read]),
@@ -174,6 +189,10 @@ impl Op {
 }
 
 const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
+const ATTENTION_SPLIT: &str = attention_kernel!("attention_split.wgsl");
+/// Both split-attention entry points bind the same buffers: the query and KV inputs, sinks, the chunk
+/// partials and the output.
+const SPLIT_BINDINGS: &[Access] = &[Uniform, Read, Read, Read, Read, Read, Read, Rw, Rw];
 
 /// Bytes reserved per dispatch in the params ring (the largest params struct is 48 bytes; 256 is the
 /// dynamic-offset alignment every adapter accepts).
@@ -226,6 +245,8 @@ impl Kernels {
             Op::Rope,
             Op::KvWrite,
             Op::Attention,
+            Op::AttentionSplit,
+            Op::AttentionMerge,
             Op::Add,
             Op::SwiGlu,
             Op::Clamp,

@@ -30,6 +30,13 @@ use kernels::{Kernel, KernelFeatures, Kernels, Op, WeightFormat, PARAMS_STRIDE};
 pub const MAX_STEP_TOKENS: usize = crate::generate::PREFILL_CHUNK;
 /// Largest head_dim the attention kernel holds in shared memory.
 const MAX_HEAD_DIM: usize = 256;
+/// Split attention: steps of at most this many query rows (decode), over visible ranges longer than
+/// SPLIT_MIN_RANGE positions, in chunks of at least SPLIT_MIN_CHUNK positions and at most SPLIT_MAX_CHUNKS
+/// chunks per (head, row).
+const SPLIT_MAX_ROWS: usize = 8;
+const SPLIT_MIN_RANGE: usize = 256;
+const SPLIT_MIN_CHUNK: usize = 128;
+const SPLIT_MAX_CHUNKS: usize = 32;
 /// Most routed experts the router's selection mask covers.
 const MAX_EXPERTS: usize = 1024;
 
@@ -452,6 +459,34 @@ impl WgpuBackend {
     }
 }
 
+/// How split (flash-decoding) attention divides the visible key range of each query row: chunks of
+/// `chunk_len` positions, `chunks` of them this step, at most `max_chunks` for the layer.
+struct SplitAttention {
+    chunk_len: usize,
+    chunks: usize,
+    max_chunks: usize,
+}
+
+/// Split attention for a step of `rows` query rows up to position `max_pos`, on a layer whose rows see at
+/// most `layer_range` keys: only for decode-sized steps (one workgroup per (head, row) would leave the GPU
+/// idle) over ranges long enough to fill several chunks. Chunks grow past SPLIT_MIN_CHUNK with the layer's
+/// range so there are at most SPLIT_MAX_CHUNKS, which bounds the partials buffer.
+fn split_attention(rows: usize, max_pos: usize, layer_range: usize) -> Option<SplitAttention> {
+    let range = layer_range.min(max_pos + 1);
+    if rows > SPLIT_MAX_ROWS || range <= SPLIT_MIN_RANGE {
+        return None;
+    }
+    let chunk_len = layer_range
+        .div_ceil(SPLIT_MAX_CHUNKS)
+        .next_multiple_of(64)
+        .max(SPLIT_MIN_CHUNK);
+    Some(SplitAttention {
+        chunk_len,
+        chunks: range.div_ceil(chunk_len),
+        max_chunks: layer_range.div_ceil(chunk_len),
+    })
+}
+
 /// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).
 fn groups_1d(n: usize) -> [u32; 3] {
     [n.div_ceil(64).clamp(1, 65535) as u32, 1, 1]
@@ -839,6 +874,9 @@ impl Backend for WgpuBackend {
             self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(k.rows * spec.kv_dim()));
         }
         let out = self.tensor(q.rows, spec.q_dim());
+        let max_pos = self.step.positions.iter().copied().max().unwrap_or(0);
+        let layer_range = spec.window().unwrap_or(capacity).min(capacity);
+        let split = split_attention(q.rows, max_pos, layer_range);
         let params = [
             spec.n_heads as u32,
             (spec.n_heads / spec.n_kv_heads) as u32,
@@ -848,16 +886,32 @@ impl Backend for WgpuBackend {
             spec.window().unwrap_or(0) as u32,
             sinks.is_some() as u32,
             spec.softmax_scale.to_bits(),
+            split.as_ref().map_or(0, |s| s.chunk_len as u32),
+            split.as_ref().map_or(0, |s| s.chunks as u32),
         ];
         let s = sinks.map_or(self.dummy.clone(), |s| s.buf.clone());
-        let bufs = [&q.mem.buf.clone(), &kc, &vc, &pos, &seqs, &s, &out.mem.buf.clone()];
-        self.dispatch(
-            Op::Attention,
-            None,
-            &params,
-            &bufs,
-            [spec.n_heads as u32, q.rows as u32, 1],
-        );
+        let (qb, ob) = (q.mem.buf.clone(), out.mem.buf.clone());
+        let (heads, rows) = (spec.n_heads as u32, q.rows as u32);
+        match split {
+            None => {
+                let bufs = [&qb, &kc, &vc, &pos, &seqs, &s, &ob];
+                self.dispatch(Op::Attention, None, &params, &bufs, [heads, rows, 1]);
+            }
+            Some(split) => {
+                // Sized for the most chunks the layer may need, so every decode step reuses one pooled buffer.
+                let partials = self.tensor(q.rows * spec.n_heads * split.max_chunks, spec.head_dim + 2);
+                let pb = partials.mem.buf.clone();
+                let bufs = [&qb, &kc, &vc, &pos, &seqs, &s, &pb, &ob];
+                self.dispatch(
+                    Op::AttentionSplit,
+                    None,
+                    &params,
+                    &bufs,
+                    [heads, rows, split.chunks as u32],
+                );
+                self.dispatch(Op::AttentionMerge, None, &params, &bufs, [heads, rows, 1]);
+            }
+        }
         out
     }
 

@@ -1,0 +1,102 @@
+// Shared by attention.wgsl and attention_split.wgsl: parameters, the query/KV bindings, and the online
+// softmax of one (head, query row) over a range of key positions. The KV of position `j` of sequence `seq`
+// lives at ring slot `seq * capacity + j % capacity` (see kv_write.wgsl).
+struct Params {
+    n_heads: u32,
+    heads_per_kv: u32,
+    head_dim: u32,
+    kv_dim: u32,
+    capacity: u32,
+    window: u32,
+    has_sinks: u32,
+    scale: f32,
+    // Split path only: key positions per chunk and chunks per (head, row).
+    chunk_len: u32,
+    n_chunks: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> positions: array<u32>;
+@group(0) @binding(5) var<storage, read> seqs: array<u32>;
+
+var<workgroup> q_row: array<f32, 256>;
+var<workgroup> scores: array<f32, 64>;
+var<workgroup> row_pos: u32;
+var<workgroup> row_seq: u32;
+
+// Online-softmax state: running max and sum of exp(score - max), and the unnormalised weighted sum of V
+// over 4 of the head's dimensions (lid + c * 64) per thread.
+struct Softmax {
+    running_max: f32,
+    running_sum: f32,
+    acc: array<f32, 4>,
+}
+
+// Loads the query row of (head h, row t) into q_row; returns (position, sequence), uniform across the
+// workgroup so loop bounds built from them keep barriers in uniform control flow.
+fn load_query(h: u32, t: u32, lid: u32) -> vec2<u32> {
+    if (lid == 0u) {
+        row_pos = positions[t];
+        row_seq = seqs[t];
+    }
+    for (var d = lid; d < p.head_dim; d += 64u) {
+        q_row[d] = q[(t * p.n_heads + h) * p.head_dim + d];
+    }
+    return vec2<u32>(workgroupUniformLoad(&row_pos), workgroupUniformLoad(&row_seq));
+}
+
+// First position a query at `pos` sees: pos - window + 1 for a sliding layer (window 0 = full).
+fn first_visible(pos: u32) -> u32 {
+    if (p.window > 0u && pos + 1u > p.window) {
+        return pos + 1u - p.window;
+    }
+    return 0u;
+}
+
+// Folds keys first..=last (uniform; empty when first > last) of head h into `state`, in blocks of 64.
+fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) -> Softmax {
+    var state = state_in;
+    let hd = p.head_dim;
+    let kv_offset = (h / p.heads_per_kv) * hd;
+    for (var j0 = first; j0 <= last; j0 += 64u) {
+        let j = j0 + lid;
+        var s = -3.0e38;
+        if (j <= last) {
+            let base = (seq * p.capacity + j % p.capacity) * p.kv_dim + kv_offset;
+            var dot = 0.0;
+            for (var e = 0u; e < hd; e++) {
+                dot += q_row[e] * k_cache[base + e];
+            }
+            s = dot * p.scale;
+        }
+        scores[lid] = s;
+        workgroupBarrier();
+        var block_max = state.running_max;
+        for (var i = 0u; i < 64u; i++) {
+            block_max = max(block_max, scores[i]);
+        }
+        let correction = exp(state.running_max - block_max);
+        state.running_sum *= correction;
+        for (var c = 0u; c < 4u; c++) {
+            state.acc[c] *= correction;
+        }
+        let block_last = min(last - j0, 63u);
+        for (var i = 0u; i <= block_last; i++) {
+            let weight = exp(scores[i] - block_max);
+            state.running_sum += weight;
+            let base = (seq * p.capacity + (j0 + i) % p.capacity) * p.kv_dim + kv_offset;
+            for (var c = 0u; c < 4u; c++) {
+                let d = lid + c * 64u;
+                if (d < hd) {
+                    state.acc[c] += weight * v_cache[base + d];
+                }
+            }
+        }
+        state.running_max = block_max;
+        workgroupBarrier();
+    }
+    return state;
+}
