@@ -36,6 +36,7 @@ pub enum Op {
     Embed,
     RmsNorm,
     Matmul,
+    MatmulTiled,
     Rope,
     KvWrite,
     Attention,
@@ -47,6 +48,9 @@ pub enum Op {
     Router,
     MoeGateUp,
     MoeDown,
+    MoeGroup,
+    MoeExpertsTiled,
+    MoeCombine,
 }
 
 #[derive(Clone, Copy)]
@@ -75,6 +79,11 @@ impl Op {
             ),
             Op::Matmul => (
                 include_str!("../../../../shaders/matmul.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Read, Rw],
+            ),
+            Op::MatmulTiled => (
+                include_str!("../../../../shaders/matmul_tiled.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Rw],
             ),
@@ -117,15 +126,45 @@ impl Op {
                 "main",
                 &[Uniform, Read, Read, Read, Read, Read, Read, Rw],
             ),
+            Op::MoeGroup => (
+                include_str!("../../../../shaders/moe_group.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Rw],
+            ),
+            Op::MoeExpertsTiled => (
+                include_str!("../../../../shaders/moe_experts_tiled.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Read, Read, Rw],
+            ),
+            Op::MoeCombine => (
+                include_str!("../../../../shaders/moe_combine.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Read, Rw],
+            ),
         }
     }
 
     fn reads_weights(self) -> bool {
-        matches!(self, Op::Embed | Op::Matmul | Op::MoeGateUp | Op::MoeDown)
+        matches!(
+            self,
+            Op::Embed | Op::Matmul | Op::MatmulTiled | Op::MoeGateUp | Op::MoeDown | Op::MoeExpertsTiled
+        )
+    }
+
+    /// Code shared between kernels, built in ahead of the kernel's own (after the weight prelude).
+    fn shared(self) -> &'static [&'static str] {
+        match self {
+            Op::MatmulTiled => &[GEMM_TILES],
+            Op::MoeGateUp => &[MOE_ACTIVATION],
+            Op::MoeExpertsTiled => &[GEMM_TILES, MOE_ACTIVATION],
+            _ => &[],
+        }
     }
 }
 
 const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
+const GEMM_TILES: &str = include_str!("../../../../shaders/gemm_tiles.wgsl");
+const MOE_ACTIVATION: &str = include_str!("../../../../shaders/moe_activation.wgsl");
 
 /// Bytes reserved per dispatch in the params ring (the largest params struct is 48 bytes; 256 is the
 /// dynamic-offset alignment every adapter accepts).
@@ -163,6 +202,7 @@ impl Kernels {
             Op::Embed,
             Op::RmsNorm,
             Op::Matmul,
+            Op::MatmulTiled,
             Op::Rope,
             Op::KvWrite,
             Op::Attention,
@@ -174,6 +214,9 @@ impl Kernels {
             Op::Router,
             Op::MoeGateUp,
             Op::MoeDown,
+            Op::MoeGroup,
+            Op::MoeExpertsTiled,
+            Op::MoeCombine,
         ];
         let mut done = Vec::new();
         for op in ops {
@@ -193,10 +236,13 @@ impl Kernels {
 
 fn build(device: &wgpu::Device, op: Op, format: Option<WeightFormat>, id: u32) -> Kernel {
     let (body, entry, access) = op.source();
-    let source = match format {
-        Some(f) => format!("{}\n{}", f.prelude(), body),
-        None => body.to_string(),
-    };
+    let source = format
+        .map(WeightFormat::prelude)
+        .into_iter()
+        .chain(op.shared().iter().copied())
+        .chain([body])
+        .collect::<Vec<_>>()
+        .join("\n");
     let label = format!("{op:?}{}", format.map(|f| format!("/{f:?}")).unwrap_or_default());
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&label),
