@@ -77,14 +77,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             g += bias[e * 2u * p.inter + i];
             u += bias[e * 2u * p.inter + p.inter + i];
         }
-        var a: f32;
-        if (p.activation == 1u) {
-            let gc = min(g, p.limit);
-            let uc = clamp(u, -p.limit, p.limit);
-            a = (uc + 1.0) * gc / (1.0 + exp(-p.alpha * gc));
-        } else {
-            a = g / (1.0 + exp(-g)) * u;
-        }
-        act[(t * p.max_experts + slot) * p.inter + i] = a;
+        act[(t * p.max_experts + slot) * p.inter + i] = expert_activation(g, u);
     }
 }

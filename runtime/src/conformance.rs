@@ -190,6 +190,13 @@ macro_rules! case {
 const CASES: &[Case] = &[
     case!("matmul", "t=7 k=133 out=67 +bias", 1, matmul_case),
     case!("matvec", "t=1 k=257 out=131", 2, matvec_case),
+    case!("matmul/prefill", "t=37 k=131 out=75 +bias", 15, matmul_prefill_case),
+    case!(
+        "matmul/prefill",
+        "t=133 k=70 out=129 (3x3 tiles)",
+        16,
+        matmul_prefill_tiles_case
+    ),
     case!("embed", "vocab=37 hidden=45 t=5", 3, embed_case),
     case!("rms_norm", "t=3 cols=70 group=70", 4, rms_norm_case),
     case!("rms_norm/head", "t=3 cols=70 group=14", 5, head_norm_case),
@@ -235,22 +242,60 @@ const CASES: &[Case] = &[
         moe_gptoss_case
     ),
     case!("moe/sigmoid", "e=5 k=2 sigmoid h=40 i=10", 14, moe_sigmoid_case),
-    case!("pick", "vocab=1500, 4 rows x 9 settings x 6 seeds", 15, pick_case),
+    case!("pick", "vocab=1500, 4 rows x 9 settings x 6 seeds", 21, pick_case),
+    // 41 tokens: the grouped (per-expert GEMM) path of prefill.
+    case!(
+        "moe/top-k",
+        "t=41 e=7 k=3 h=45 i=19 softmax renorm",
+        17,
+        moe_topk_prefill_case
+    ),
+    case!(
+        "moe/top-p",
+        "t=41 e=9 p=0.55 [1,4] h=33 i=21",
+        18,
+        moe_topp_prefill_case
+    ),
+    case!(
+        "moe/gpt-oss",
+        "t=41 e=6 k=2 select-then-softmax, biases, clamp",
+        19,
+        moe_gptoss_prefill_case
+    ),
+    case!(
+        "moe/sigmoid",
+        "t=41 e=5 k=2 sigmoid h=40 i=10",
+        20,
+        moe_sigmoid_prefill_case
+    ),
 ];
 
-fn matmul_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
-    let w = be.upload_matrix(r.tensor(&[67, 133], 0.5), Precision::Storage)?;
-    let bias = be.upload_vector(r.tensor(&[67], 1.0))?;
-    let x = input(be, r, 7, 133)?;
-    let y = be.linear(&x, &w, Some(&bias));
+fn linear_case<B: Backend>(be: &mut B, r: &mut Rng, t: usize, k: usize, out: usize, bias: bool) -> Result<Vec<f32>> {
+    let w = be.upload_matrix(r.tensor(&[out, k], 0.5), Precision::Storage)?;
+    let bias = if bias {
+        Some(be.upload_vector(r.tensor(&[out], 1.0))?)
+    } else {
+        None
+    };
+    let x = input(be, r, t, k)?;
+    let y = be.linear(&x, &w, bias.as_ref());
     be.read(&y)
 }
 
+fn matmul_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    linear_case(be, r, 7, 133, 67, true)
+}
+
 fn matvec_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
-    let w = be.upload_matrix(r.tensor(&[131, 257], 0.5), Precision::Storage)?;
-    let x = input(be, r, 1, 257)?;
-    let y = be.linear(&x, &w, None);
-    be.read(&y)
+    linear_case(be, r, 1, 257, 131, false)
+}
+
+fn matmul_prefill_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    linear_case(be, r, 37, 131, 75, true)
+}
+
+fn matmul_prefill_tiles_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    linear_case(be, r, 133, 70, 129, false)
 }
 
 /// Token choice (`Backend::pick`) against `Pick::choose`: ids as f32, so any differing choice fails. Rows:
@@ -502,7 +547,7 @@ fn attention_split_seqs_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<
     attention_decode_case(be, r, attn_spec(None, 4, 2, 18, true), &[777, 301, 40])
 }
 
-fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize) -> Result<Vec<f32>> {
+fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize, tokens: usize) -> Result<Vec<f32>> {
     let (e, i) = (spec.n_experts, spec.expert_intermediate);
     let experts = MoeExperts::<B> {
         router: be.upload_matrix(r.tensor(&[e, hidden], 1.5), Precision::Full)?,
@@ -524,7 +569,7 @@ fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize) -
             None
         },
     };
-    let x = input(be, r, 9, hidden)?;
+    let x = input(be, r, tokens, hidden)?;
     be.trace_routing(true);
     let y = be.moe(&x, &experts, &spec, 0);
     let mut out = be.read(&y)?;
@@ -560,7 +605,7 @@ fn router(scoring: Scoring, order: RouterOrder, selection: Selection, renormaliz
     }
 }
 
-fn moe_topk_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+fn moe_topk<B: Backend>(be: &mut B, r: &mut Rng, tokens: usize) -> Result<Vec<f32>> {
     let rt = router(
         Scoring::Softmax,
         RouterOrder::ScoreThenSelect,
@@ -568,20 +613,20 @@ fn moe_topk_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
         true,
         false,
     );
-    moe_case(be, r, moe_spec(7, 19, rt, ExpertActivation::SwiGlu, false), 45)
+    moe_case(be, r, moe_spec(7, 19, rt, ExpertActivation::SwiGlu, false), 45, tokens)
 }
 
-fn moe_topp_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+fn moe_topp<B: Backend>(be: &mut B, r: &mut Rng, tokens: usize) -> Result<Vec<f32>> {
     let sel = Selection::TopP {
         p: 0.55,
         min_experts: 1,
         max_experts: 4,
     };
     let rt = router(Scoring::Softmax, RouterOrder::ScoreThenSelect, sel, false, false);
-    moe_case(be, r, moe_spec(9, 21, rt, ExpertActivation::SwiGlu, false), 33)
+    moe_case(be, r, moe_spec(9, 21, rt, ExpertActivation::SwiGlu, false), 33, tokens)
 }
 
-fn moe_gptoss_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+fn moe_gptoss<B: Backend>(be: &mut B, r: &mut Rng, tokens: usize) -> Result<Vec<f32>> {
     let rt = router(
         Scoring::Softmax,
         RouterOrder::SelectThenScore,
@@ -603,10 +648,11 @@ fn moe_gptoss_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
             true,
         ),
         32,
+        tokens,
     )
 }
 
-fn moe_sigmoid_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+fn moe_sigmoid<B: Backend>(be: &mut B, r: &mut Rng, tokens: usize) -> Result<Vec<f32>> {
     let rt = router(
         Scoring::Sigmoid,
         RouterOrder::ScoreThenSelect,
@@ -614,5 +660,37 @@ fn moe_sigmoid_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
         true,
         false,
     );
-    moe_case(be, r, moe_spec(5, 10, rt, ExpertActivation::SwiGlu, false), 40)
+    moe_case(be, r, moe_spec(5, 10, rt, ExpertActivation::SwiGlu, false), 40, tokens)
+}
+
+fn moe_topk_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_topk(be, r, 9)
+}
+
+fn moe_topk_prefill_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_topk(be, r, 41)
+}
+
+fn moe_topp_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_topp(be, r, 9)
+}
+
+fn moe_topp_prefill_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_topp(be, r, 41)
+}
+
+fn moe_gptoss_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_gptoss(be, r, 9)
+}
+
+fn moe_gptoss_prefill_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_gptoss(be, r, 41)
+}
+
+fn moe_sigmoid_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_sigmoid(be, r, 9)
+}
+
+fn moe_sigmoid_prefill_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    moe_sigmoid(be, r, 41)
 }

@@ -73,6 +73,7 @@ pub enum Op {
     Embed,
     RmsNorm,
     Matmul,
+    MatmulTiled,
     Rope,
     KvWrite,
     Attention,
@@ -87,6 +88,9 @@ pub enum Op {
     MoeGateUp,
     MoeDown,
     Sample,
+    MoeGroup,
+    MoeExpertsTiled,
+    MoeCombine,
 }
 
 #[derive(Clone, Copy)]
@@ -126,6 +130,11 @@ impl Op {
             ),
             Op::Matmul => (
                 include_str!("../../../../shaders/matmul.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Read, Rw],
+            ),
+            Op::MatmulTiled => (
+                include_str!("../../../../shaders/matmul_tiled.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Rw],
             ),
@@ -175,11 +184,39 @@ impl Op {
                 "main",
                 &[Uniform, Read, Read, Rw, Rw],
             ),
+            Op::MoeGroup => (
+                include_str!("../../../../shaders/moe_group.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Rw],
+            ),
+            Op::MoeExpertsTiled => (
+                include_str!("../../../../shaders/moe_experts_tiled.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Read, Read, Rw],
+            ),
+            Op::MoeCombine => (
+                include_str!("../../../../shaders/moe_combine.wgsl"),
+                "main",
+                &[Uniform, Read, Read, Read, Rw],
+            ),
         }
     }
 
     fn reads_weights(self) -> bool {
-        matches!(self, Op::Embed | Op::Matmul | Op::MoeGateUp | Op::MoeDown)
+        matches!(
+            self,
+            Op::Embed | Op::Matmul | Op::MatmulTiled | Op::MoeGateUp | Op::MoeDown | Op::MoeExpertsTiled
+        )
+    }
+
+    /// Code shared between kernels, built in ahead of the kernel's own (after the weight prelude).
+    fn shared(self) -> &'static [&'static str] {
+        match self {
+            Op::MatmulTiled => &[GEMM_TILES],
+            Op::MoeGateUp => &[MOE_ACTIVATION],
+            Op::MoeExpertsTiled => &[GEMM_TILES, MOE_ACTIVATION],
+            _ => &[],
+        }
     }
 
     /// Ops built with a `sum16_over_64` prelude.
@@ -193,6 +230,8 @@ const ATTENTION_SPLIT: &str = attention_kernel!("attention_split.wgsl");
 /// Both split-attention entry points bind the same buffers: the query and KV inputs, sinks, the chunk
 /// partials and the output.
 const SPLIT_BINDINGS: &[Access] = &[Uniform, Read, Read, Read, Read, Read, Read, Rw, Rw];
+const GEMM_TILES: &str = include_str!("../../../../shaders/gemm_tiles.wgsl");
+const MOE_ACTIVATION: &str = include_str!("../../../../shaders/moe_activation.wgsl");
 
 /// Bytes reserved per dispatch in the params ring (the largest params struct is 48 bytes; 256 is the
 /// dynamic-offset alignment every adapter accepts).
@@ -242,6 +281,7 @@ impl Kernels {
             Op::Embed,
             Op::RmsNorm,
             Op::Matmul,
+            Op::MatmulTiled,
             Op::Rope,
             Op::KvWrite,
             Op::Attention,
@@ -256,6 +296,9 @@ impl Kernels {
             Op::MoeGateUp,
             Op::MoeDown,
             Op::Sample,
+            Op::MoeGroup,
+            Op::MoeExpertsTiled,
+            Op::MoeCombine,
         ];
         let mut done = Vec::new();
         for op in ops {
@@ -275,19 +318,18 @@ impl Kernels {
 
 fn build(device: &wgpu::Device, op: Op, format: Option<WeightFormat>, features: KernelFeatures, id: u32) -> Kernel {
     let (body, entry, access) = op.source();
-    // Preludes first: `enable f16;` must open the module.
-    let mut source = String::new();
-    if let Some(f) = format {
-        source += f.prelude(features);
-    }
+    // The weight prelude first (`enable f16;` must open the module), then code shared between kernels.
+    let mut parts: Vec<&str> = format.map(|f| f.prelude(features)).into_iter().collect();
     if op.sums_over_workgroup() {
-        source += if features.subgroups {
+        parts.push(if features.subgroups {
             include_str!("../../../../shaders/reduce_subgroup.wgsl")
         } else {
             include_str!("../../../../shaders/reduce_workgroup.wgsl")
-        };
+        });
     }
-    source += body;
+    parts.extend(op.shared());
+    parts.push(body);
+    let source = parts.join("\n");
     let label = format!("{op:?}{}", format.map(|f| format!("/{f:?}")).unwrap_or_default());
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&label),

@@ -1,6 +1,8 @@
 //! The wgpu backend: every op a WGSL kernel (`shaders/`), a whole step recorded as one list of dispatches
 //! and submitted in one compute pass, with no CPU read until `read`. Routing stays on the GPU: the router
-//! writes expert ids to a buffer the expert kernels read.
+//! writes expert ids to a buffer the expert kernels read. Steps of many tokens (prefill) use tiled GEMMs:
+//! dense layers through `matmul_tiled.wgsl`, routed experts grouped by expert on the GPU then one GEMM per
+//! expert (`moe_group.wgsl`, `moe_experts_tiled.wgsl`, `moe_combine.wgsl`).
 //!
 //! Memory: activations come from a pool of power-of-two buffers reused across steps (no allocation once
 //! the shapes have been seen); kernel parameters go through one uniform ring with dynamic offsets; bind
@@ -39,6 +41,12 @@ const SPLIT_MIN_CHUNK: usize = 128;
 const SPLIT_MAX_CHUNKS: usize = 32;
 /// Most routed experts the router's selection mask covers.
 const MAX_EXPERTS: usize = 1024;
+/// Steps from this many tokens use the tiled matmul (`shaders/matmul_tiled.wgsl`). On lavapipe its 64-token
+/// tiles overtake the 4-token kernel between 8 and 16 tokens.
+const TILED_MIN_TOKENS: usize = 16;
+/// Steps from this many tokens run the routed experts grouped by expert (`shaders/moe_experts_tiled.wgsl`).
+/// On lavapipe (16 experts, 4 per token) the grouped path overtakes the per-(token, slot) one near 24 tokens.
+const GROUPED_MOE_MIN_TOKENS: usize = 24;
 
 /// A device buffer with an id for bind-group caching.
 pub struct GpuBuffer {
@@ -487,6 +495,27 @@ fn split_attention(rows: usize, max_pos: usize, layer_range: usize) -> Option<Sp
     })
 }
 
+/// The router's outputs on the device, `max_k` slots per token: expert ids, their weights, and how many.
+struct Routed {
+    chosen: Arc<GpuBuffer>,
+    weights: Arc<GpuBuffer>,
+    counts: Arc<GpuBuffer>,
+    max_k: usize,
+}
+
+/// (activation, alpha, limit) as the MoE kernels take them: 0 SwiGLU, 1 GPT-OSS clamped SwiGLU.
+fn activation_params(spec: &MoeSpec) -> (u32, f32, f32) {
+    match spec.activation {
+        ExpertActivation::SwiGlu => (0, 0.0, 0.0),
+        ExpertActivation::ClampedSwiGlu { alpha, limit } => (1, alpha, limit),
+    }
+}
+
+/// The most 64-row tiles per-expert lists of `assignments` rows can need: every list may end in a partial one.
+fn max_expert_tiles(assignments: usize, experts: usize) -> usize {
+    assignments.div_ceil(64) + experts.min(assignments)
+}
+
 /// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).
 fn groups_1d(n: usize) -> [u32; 3] {
     [n.div_ceil(64).clamp(1, 65535) as u32, 1, 1]
@@ -627,6 +656,141 @@ impl WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
+    /// The routed experts one (token, slot) at a time: each workgroup reads its expert's rows itself.
+    fn moe_per_token(&mut self, x: &GpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, r: &Routed) -> GpuTensor {
+        let (t, h, i, e, max_k) = (x.rows, x.cols, spec.expert_intermediate, spec.n_experts, r.max_k);
+        let act = self.tensor(t * max_k, i);
+        let (activation, alpha, limit) = activation_params(spec);
+        let gb = w.gate_up_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
+        let ab = act.mem.buf.clone();
+        let gate_up_rows = w.gate_up.rows / e;
+        for part in &w.gate_up.parts {
+            let params = [
+                h as u32,
+                i as u32,
+                max_k as u32,
+                activation,
+                alpha.to_bits(),
+                limit.to_bits(),
+                w.gate_up_bias.is_some() as u32,
+                (part.first_row / gate_up_rows) as u32,
+                (part.rows / gate_up_rows) as u32,
+                0,
+                0,
+                0,
+            ];
+            let xb = x.mem.buf.clone();
+            self.dispatch(
+                Op::MoeGateUp,
+                Some(w.gate_up.format),
+                &params,
+                &[&part.buf, &xb, &r.chosen, &r.counts, &gb, &ab],
+                [i.div_ceil(4) as u32, max_k as u32, t as u32],
+            );
+        }
+
+        let out = self.tensor(t, h);
+        let db = w.down_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
+        let ob = out.mem.buf.clone();
+        let down_rows = w.down.rows / e;
+        for (n, part) in w.down.parts.iter().enumerate() {
+            let params = [
+                h as u32,
+                i as u32,
+                max_k as u32,
+                w.down_bias.is_some() as u32,
+                (part.first_row / down_rows) as u32,
+                (part.rows / down_rows) as u32,
+                (n > 0) as u32,
+                0,
+            ];
+            self.dispatch(
+                Op::MoeDown,
+                Some(w.down.format),
+                &params,
+                &[&part.buf, &ab, &r.chosen, &r.weights, &r.counts, &db, &ob],
+                [h.div_ceil(4) as u32, t as u32, 1],
+            );
+        }
+        out
+    }
+
+    /// The routed experts grouped by expert (prefill): lists of each expert's assignments built on the GPU,
+    /// a tiled GEMM per expert for gate/up and for down, then the weighted sum per token.
+    fn moe_grouped(&mut self, x: &GpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, r: &Routed) -> GpuTensor {
+        let (t, h, i, e, max_k) = (x.rows, x.cols, spec.expert_intermediate, spec.n_experts, r.max_k);
+        let assignments = t * max_k;
+        let groups = self.tensor(e + 1 + assignments + 2 * max_expert_tiles(assignments, e), 1);
+        let params = [t, max_k, e, max_expert_tiles(assignments, e)].map(|v| v as u32);
+        let gb = groups.mem.buf.clone();
+        self.dispatch(Op::MoeGroup, None, &params, &[&r.chosen, &r.counts, &gb], [1, 1, 1]);
+        let act = self.tensor(assignments, i);
+        let shape = [t, max_k, e];
+        let gate_up_bias = w.gate_up_bias.as_ref();
+        self.experts_tiled(
+            &w.gate_up,
+            gate_up_bias,
+            x,
+            &groups,
+            &act,
+            shape,
+            Some(activation_params(spec)),
+        );
+        let expert_out = self.tensor(assignments, h);
+        self.experts_tiled(&w.down, w.down_bias.as_ref(), &act, &groups, &expert_out, shape, None);
+        let out = self.tensor(t, h);
+        let bufs = [&expert_out.mem.buf.clone(), &r.weights, &r.counts, &out.mem.buf.clone()];
+        let params = [t as u32, h as u32, max_k as u32, 0];
+        self.dispatch(Op::MoeCombine, None, &params, &bufs, groups_1d(t * h));
+        out
+    }
+
+    /// One GEMM of `shaders/moe_experts_tiled.wgsl` per weight part: gate/up with its activation when
+    /// `activation` is given, else down. `shape` is (tokens, slots per token, experts).
+    #[allow(clippy::too_many_arguments)]
+    fn experts_tiled(
+        &mut self,
+        w: &GpuMatrix,
+        bias: Option<&GpuVector>,
+        input: &GpuTensor,
+        groups: &GpuTensor,
+        out: &GpuTensor,
+        [t, max_k, e]: [usize; 3],
+        activation: Option<(u32, f32, f32)>,
+    ) {
+        let rows_per_expert = w.rows / e;
+        let (act, alpha, limit) = activation.unwrap_or((0, 0.0, 0.0));
+        let b = bias.map_or(self.dummy.clone(), |b| b.buf.clone());
+        let (ib, gb, ob) = (input.mem.buf.clone(), groups.mem.buf.clone(), out.mem.buf.clone());
+        for part in &w.parts {
+            let params = [
+                t as u32,
+                max_k as u32,
+                e as u32,
+                w.cols as u32,
+                rows_per_expert as u32,
+                activation.is_some() as u32,
+                act,
+                alpha.to_bits(),
+                limit.to_bits(),
+                bias.is_some() as u32,
+                (part.first_row / rows_per_expert) as u32,
+                (part.rows / rows_per_expert) as u32,
+            ];
+            self.dispatch(
+                Op::MoeExpertsTiled,
+                Some(w.format),
+                &params,
+                &[&part.buf, &ib, &gb, &b, &ob],
+                [
+                    rows_per_expert.div_ceil(64) as u32,
+                    max_expert_tiles(t * max_k, e) as u32,
+                    1,
+                ],
+            );
+        }
+    }
+
     fn elementwise(&mut self, op: Op, x: &GpuTensor, y: Option<&GpuTensor>, limit: f32) {
         let n = x.rows * x.cols;
         let (xb, yb) = (x.mem.buf.clone(), y.map_or(self.dummy.clone(), |y| y.mem.buf.clone()));
@@ -739,8 +903,8 @@ impl Backend for WgpuBackend {
             }));
             self.allocated += 2 * bytes.max(16);
         }
-        // A step records about two dozen dispatches per layer: size the params ring for a whole step.
-        let ring_bytes = ((spec.n_layers() * 24 + 16) as u64 * PARAMS_STRIDE).next_power_of_two();
+        // A step records about two dozen dispatches per layer (26 with the grouped MoE path): size the params ring for a whole step.
+        let ring_bytes = ((spec.n_layers() * 26 + 16) as u64 * PARAMS_STRIDE).next_power_of_two();
         if ring_bytes > self.params_ring.buffer.size() {
             self.flush()?;
             let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -818,6 +982,12 @@ impl Backend for WgpuBackend {
         let y = self.tensor(x.rows, w.rows);
         let b = bias.map_or(self.dummy.clone(), |b| b.buf.clone());
         let (xb, yb) = (x.mem.buf.clone(), y.mem.buf.clone());
+        // Decode reads W once with 4-token blocks; prefill reuses each loaded weight across a 64-token tile.
+        let (op, tile) = if x.rows >= TILED_MIN_TOKENS {
+            (Op::MatmulTiled, 64)
+        } else {
+            (Op::Matmul, 4)
+        };
         for part in &w.parts {
             let params = [
                 x.rows as u32,
@@ -830,11 +1000,11 @@ impl Backend for WgpuBackend {
                 0,
             ];
             self.dispatch(
-                Op::Matmul,
+                op,
                 Some(w.format),
                 &params,
                 &[&part.buf, &xb, &b, &yb],
-                [part.rows.div_ceil(4) as u32, x.rows.div_ceil(4) as u32, 1],
+                [part.rows.div_ceil(tile) as u32, x.rows.div_ceil(tile) as u32, 1],
             );
         }
         y
@@ -920,7 +1090,7 @@ impl Backend for WgpuBackend {
     }
 
     fn moe(&mut self, x: &GpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> GpuTensor {
-        let (t, h, i, e) = (x.rows, x.cols, spec.expert_intermediate, spec.n_experts);
+        let (t, e) = (x.rows, spec.n_experts);
         let logits = self.linear(x, &w.router, w.router_bias.as_ref());
         let r = &spec.router;
         let (max_k, min_k, top_p, p) = match (r.order, r.selection) {
@@ -958,62 +1128,19 @@ impl Backend for WgpuBackend {
         let bufs = [&logits.mem.buf.clone(), &probs.mem.buf.clone(), &cb, &wb, &nb];
         self.dispatch(Op::Router, None, &params, &bufs, [t.div_ceil(64) as u32, 1, 1]);
 
-        let act = self.tensor(t * max_k, i);
-        let (activation, alpha, limit) = match spec.activation {
-            ExpertActivation::SwiGlu => (0, 0.0f32, 0.0f32),
-            ExpertActivation::ClampedSwiGlu { alpha, limit } => (1, alpha, limit),
+        let routed = Routed {
+            chosen: cb,
+            weights: wb,
+            counts: nb,
+            max_k,
         };
-        let gb = w.gate_up_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
-        let ab = act.mem.buf.clone();
-        let gate_up_rows = w.gate_up.rows / e;
-        for part in &w.gate_up.parts {
-            let params = [
-                h as u32,
-                i as u32,
-                max_k as u32,
-                activation,
-                alpha.to_bits(),
-                limit.to_bits(),
-                w.gate_up_bias.is_some() as u32,
-                (part.first_row / gate_up_rows) as u32,
-                (part.rows / gate_up_rows) as u32,
-                0,
-                0,
-                0,
-            ];
-            let xb = x.mem.buf.clone();
-            self.dispatch(
-                Op::MoeGateUp,
-                Some(w.gate_up.format),
-                &params,
-                &[&part.buf, &xb, &cb, &nb, &gb, &ab],
-                [i.div_ceil(4) as u32, max_k as u32, t as u32],
-            );
-        }
-
-        let out = self.tensor(t, h);
-        let db = w.down_bias.as_ref().map_or(self.dummy.clone(), |b| b.buf.clone());
-        let ob = out.mem.buf.clone();
-        let down_rows = w.down.rows / e;
-        for (n, part) in w.down.parts.iter().enumerate() {
-            let params = [
-                h as u32,
-                i as u32,
-                max_k as u32,
-                w.down_bias.is_some() as u32,
-                (part.first_row / down_rows) as u32,
-                (part.rows / down_rows) as u32,
-                (n > 0) as u32,
-                0,
-            ];
-            self.dispatch(
-                Op::MoeDown,
-                Some(w.down.format),
-                &params,
-                &[&part.buf, &ab, &cb, &wb, &nb, &db, &ob],
-                [h.div_ceil(4) as u32, t as u32, 1],
-            );
-        }
+        // Decode reads each chosen expert once per token; prefill groups the tokens by expert so each
+        // expert's weights are read once per 64 of its tokens.
+        let out = if t >= GROUPED_MOE_MIN_TOKENS {
+            self.moe_grouped(x, w, spec, &routed)
+        } else {
+            self.moe_per_token(x, w, spec, &routed)
+        };
         if let Some(trace) = self.routing.as_mut() {
             trace.push(TracedRouting {
                 layer,
