@@ -1,10 +1,12 @@
 //! `volt chat`: a conversation with the model in the terminal (the desktop app will take over `volt chat`;
-//! this stays as `volt chat --terminal`). Each turn renders the whole history through the chat template;
-//! reusing the earlier turns' KV cache is the engine's job (not yet).
+//! this stays as `volt chat --terminal`). Each turn renders the whole history through the chat template and
+//! goes to the engine, which continues from the earlier turns' cached KV and prefills only the new tokens.
 
 use std::io::{BufRead, Write};
+use std::time::Instant;
 
 use volt_runtime::chat_template::{ChatMessage, ChatTemplate};
+use volt_runtime::engine::{Engine, Event, Request};
 use volt_runtime::generate::{self as gen, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::tokenizer::Tokenizer;
@@ -34,8 +36,10 @@ pub fn chat(args: &[String]) -> Result<()> {
     let Some(template) = ChatTemplate::from_dir(&dir)? else {
         bail!("{} has no chat template", dir.display())
     };
-    let mut session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
+    let session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
     let eos = gen::eos_ids(&dir, session.spec(), Some(&tokenizer));
+    let describe = session.describe();
+    let engine = Engine::start(session, Some(tokenizer.clone()), eos);
     let defaults = SamplingParams::default();
     let opts = GenerateOptions {
         max_tokens: flags.get_or("max-tokens", 256)?,
@@ -60,7 +64,7 @@ pub fn chat(args: &[String]) -> Result<()> {
     eprintln!(
         "volt chat on {} ({}); /reset starts over, /exit or Ctrl-D quits",
         dir.display(),
-        session.describe()
+        describe
     );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -86,14 +90,37 @@ pub fn chat(args: &[String]) -> Result<()> {
         }
         let prompt = tokenizer.encode(&template.render(&history, true)?, false)?;
         let _ = write!(stdout, "volt> ");
-        let out = gen::generate(session.as_mut(), 0, &prompt, Some(&tokenizer), &eos, &opts, |piece| {
-            let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
-        })?;
+        let started = Instant::now();
+        let mut first_token = None;
+        let (_, events) = engine.submit(Request {
+            prompt,
+            options: opts.clone(),
+        });
+        let mut done = None;
+        for event in events {
+            match event {
+                Event::Token { text, .. } | Event::Text(text) => {
+                    first_token.get_or_insert_with(Instant::now);
+                    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+                }
+                Event::Done(c) => done = Some(c),
+                Event::Error(e) => bail!("{e}"),
+            }
+        }
+        let Some(done) = done else { bail!("the engine stopped") };
         let _ = writeln!(stdout);
-        eprintln!("[{} tokens, {:.1} tok/s]", out.tokens.len(), out.decode_tok_s);
+        let decode_secs = first_token.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        eprintln!(
+            "[{} tokens, {:.1} tok/s; {} of {} prompt tokens from the cache; {:.2}s]",
+            done.tokens.len(),
+            done.tokens.len().saturating_sub(1) as f64 / decode_secs.max(1e-9),
+            done.cached_tokens,
+            done.prompt_tokens,
+            started.elapsed().as_secs_f64()
+        );
         history.push(ChatMessage {
             role: "assistant".into(),
-            content: out.text.unwrap_or_default().trim().to_string(),
+            content: done.text.unwrap_or_default().trim().to_string(),
         });
     }
     Ok(())
