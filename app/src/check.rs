@@ -80,7 +80,7 @@ pub fn check(args: &[String]) -> Result<()> {
             }
         };
         println!(
-            "{:<48} {:<15} {:<5} {:<22} {:<44} {:>10} {:>9}  result",
+            "{:<48} {:<17} {:<5} {:<22} {:<44} {:>10} {:>9}  result",
             "adapter", "op", "dtype", "kernels", "shape", "max error", "tolerance"
         );
         for r in &results {
@@ -90,7 +90,7 @@ pub fn check(args: &[String]) -> Result<()> {
                 format!("FAIL ({})", r.worst)
             };
             println!(
-                "{name:<48} {:<15} {:<5} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
+                "{name:<48} {:<17} {:<5} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
                 r.op,
                 r.dtype.name(),
                 r.kernels,

@@ -216,6 +216,24 @@ const CASES: &[Case] = &[
         attention_sliding_case
     ),
     case!(
+        "attention/prefill",
+        "full, gqa 6/2, head_dim=20, 37 + 1/21 rows",
+        22,
+        attention_prefill_full_case
+    ),
+    case!(
+        "attention/prefill",
+        "sliding w=5, sinks, head_dim=36, 37 + 1/21",
+        23,
+        attention_prefill_sliding_case
+    ),
+    case!(
+        "attention/prefill",
+        "head_dim=128 (w=9) and 130, 19 + 1/12 rows",
+        24,
+        attention_prefill_wide_case
+    ),
+    case!(
         "attention/split",
         "full, gqa 6/2, head_dim=22, decode at 700",
         15,
@@ -455,7 +473,13 @@ fn select_rows_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
     be.read(&y)
 }
 
+/// 11 prefill tokens of sequence 0, then its decode token beside 6 prefill tokens of sequence 1.
 fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec) -> Result<Vec<f32>> {
+    attention_steps_case(be, r, spec, 11, 6)
+}
+
+/// `a` prefill tokens of sequence 0, then its decode token beside `b` prefill tokens of sequence 1.
+fn attention_steps_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, a: usize, b: usize) -> Result<Vec<f32>> {
     let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
     let mut cache = be.new_cache(&model, 2)?;
     let sinks = if spec.sinks {
@@ -464,8 +488,7 @@ fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec) -> Result
         None
     };
     let mut out = Vec::new();
-    // 11 prefill tokens of sequence 0, then its decode token beside 6 prefill tokens of sequence 1.
-    for step in steps(11, 6) {
+    for step in steps(a, b) {
         let t = step.len();
         let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
         let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
@@ -480,7 +503,25 @@ fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec) -> Result
         be.end_step(&mut cache)?;
         out.extend(be.read(&y)?);
     }
-    debug_assert_eq!(cache.seq_len(1), 6);
+    debug_assert_eq!(cache.seq_len(1), b);
+    Ok(out)
+}
+
+/// Prefill steps of 37 and 1 + 21 rows: blocks of 16 rows of one sequence (the wgpu tiled kernel), a block
+/// cut short by the sequence's end, and a lone decode row.
+fn attention_prefill_full_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_steps_case(be, r, attn_spec(None, 6, 2, 20, false), 37, 21)
+}
+
+/// A window of 5 inside every 16-row block, with sinks.
+fn attention_prefill_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    attention_steps_case(be, r, attn_spec(Some(5), 4, 1, 36, true), 37, 21)
+}
+
+/// The largest head the tiled kernel holds, and one past it (the per-row kernel).
+fn attention_prefill_wide_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let mut out = attention_steps_case(be, r, attn_spec(Some(9), 2, 1, 128, false), 19, 12)?;
+    out.extend(attention_steps_case(be, r, attn_spec(None, 2, 2, 130, false), 19, 12)?);
     Ok(out)
 }
 

@@ -36,6 +36,10 @@ const MAX_HEAD_DIM: usize = 256;
 /// SPLIT_MIN_RANGE positions, in chunks of at least SPLIT_MIN_CHUNK positions and at most SPLIT_MAX_CHUNKS
 /// chunks per (head, row).
 const SPLIT_MAX_ROWS: usize = 8;
+/// Query rows per workgroup of the tiled prefill attention (`shaders/attention_tiled.wgsl`), used for steps
+/// of more than SPLIT_MAX_ROWS rows on heads of at most TILED_ATTENTION_MAX_DIM dimensions.
+const TILED_ATTENTION_ROWS: usize = 16;
+const TILED_ATTENTION_MAX_DIM: usize = 128;
 const SPLIT_MIN_RANGE: usize = 256;
 const SPLIT_MIN_CHUNK: usize = 128;
 const SPLIT_MAX_CHUNKS: usize = 32;
@@ -185,6 +189,10 @@ pub struct WgpuBackend {
     step_positions: Arc<GpuBuffer>,
     step_seqs: Arc<GpuBuffer>,
     step_rows: Arc<GpuBuffer>,
+    /// Runs of up to TILED_ATTENTION_ROWS consecutive tokens of one sequence, as (first row, rows) pairs,
+    /// for the tiled prefill attention; `step_blocks` of them this step.
+    step_block_list: Arc<GpuBuffer>,
+    step_blocks: usize,
     /// The current step as the CPU knows it (for cache bookkeeping).
     step: Step,
     /// Bound where a kernel's optional input is absent.
@@ -240,6 +248,7 @@ impl WgpuBackend {
             step_positions: make(step_bytes, STORAGE),
             step_seqs: make(step_bytes, STORAGE),
             step_rows: make(step_bytes, STORAGE),
+            step_block_list: make(2 * step_bytes, STORAGE),
             dummy: make(16, STORAGE),
             next_id,
             gpu,
@@ -258,6 +267,7 @@ impl WgpuBackend {
             max_binding: gpu_max_binding,
             split_weights: 0,
             dedicated: HashMap::new(),
+            step_blocks: 0,
         };
         backend.gpu.check()?;
         Ok(backend)
@@ -514,6 +524,23 @@ fn activation_params(spec: &MoeSpec) -> (u32, f32, f32) {
 /// The most 64-row tiles per-expert lists of `assignments` rows can need: every list may end in a partial one.
 fn max_expert_tiles(assignments: usize, experts: usize) -> usize {
     assignments.div_ceil(64) + experts.min(assignments)
+}
+
+/// The step's rows as (first row, rows) blocks of consecutive tokens of one sequence, at most
+/// TILED_ATTENTION_ROWS each: the workgroups of the tiled prefill attention.
+fn attention_blocks(step: &Step) -> Vec<u32> {
+    let mut blocks: Vec<u32> = Vec::new();
+    for r in 0..step.len() {
+        let continues = r > 0
+            && step.seqs[r] == step.seqs[r - 1]
+            && step.positions[r] == step.positions[r - 1] + 1
+            && blocks.last().is_some_and(|&n| (n as usize) < TILED_ATTENTION_ROWS);
+        match blocks.last_mut() {
+            Some(n) if continues => *n += 1,
+            _ => blocks.extend([r as u32, 1]),
+        }
+    }
+    blocks
 }
 
 /// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).
@@ -940,6 +967,9 @@ impl Backend for WgpuBackend {
         q.write_buffer(&self.step_positions.buffer, 0, bytemuck::cast_slice(&positions));
         let seqs: Vec<u32> = step.seqs.iter().map(|&s| s as u32).collect();
         q.write_buffer(&self.step_seqs.buffer, 0, bytemuck::cast_slice(&seqs));
+        let blocks = attention_blocks(step);
+        q.write_buffer(&self.step_block_list.buffer, 0, bytemuck::cast_slice(&blocks));
+        self.step_blocks = blocks.len() / 2;
         self.step = step.clone();
         Ok(())
     }
@@ -1063,6 +1093,12 @@ impl Backend for WgpuBackend {
         let (qb, ob) = (q.mem.buf.clone(), out.mem.buf.clone());
         let (heads, rows) = (spec.n_heads as u32, q.rows as u32);
         match split {
+            None if q.rows > SPLIT_MAX_ROWS && spec.head_dim <= TILED_ATTENTION_MAX_DIM => {
+                let blocks = self.step_block_list.clone();
+                let bufs = [&qb, &kc, &vc, &pos, &seqs, &s, &ob, &blocks];
+                let groups = [heads, self.step_blocks as u32, 1];
+                self.dispatch(Op::AttentionTiled, None, &params, &bufs, groups);
+            }
             None => {
                 let bufs = [&qb, &kc, &vc, &pos, &seqs, &s, &ob];
                 self.dispatch(Op::Attention, None, &params, &bufs, [heads, rows, 1]);
