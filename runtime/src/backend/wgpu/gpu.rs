@@ -104,6 +104,13 @@ impl Gpu {
         adapter_name(&self.info)
     }
 
+    /// Most bytes one storage buffer binding may hold on this device.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
     /// Err with the first error wgpu reported since the last check.
     pub fn check(&self) -> Result<()> {
         match self.errors.lock().unwrap_or_else(|p| p.into_inner()).take() {

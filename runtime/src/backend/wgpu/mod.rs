@@ -222,10 +222,7 @@ impl WgpuBackend {
     }
 
     pub fn with_gpu(gpu: Gpu, dtype: WeightDtype, context: usize) -> Result<Self> {
-        let gpu_max_binding = gpu
-            .limits
-            .max_storage_buffer_binding_size
-            .min(gpu.limits.max_buffer_size);
+        let gpu_max_binding = gpu.max_binding();
         let features = KernelFeatures::of(&gpu.device);
         let mut next_id = 0;
         let mut make = |size: u64, usage: wgpu::BufferUsages| {
@@ -307,11 +304,7 @@ impl WgpuBackend {
 
     /// A device buffer holding `bytes`, or an error when it exceeds what one binding may hold.
     fn upload_bytes(&mut self, bytes: &[u8], what: &str) -> Result<Arc<GpuBuffer>> {
-        let max = self
-            .gpu
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.gpu.limits.max_buffer_size);
+        let max = self.gpu.max_binding();
         if bytes.len() as u64 > max {
             bail!(
                 "{what} takes {} bytes, more than one buffer binding holds on {} ({max})",
@@ -904,11 +897,7 @@ impl Backend for WgpuBackend {
             }
             let capacity = l.attn.window().map_or(context, |w| (w + MAX_STEP_TOKENS).min(context));
             let bytes = (slots * capacity * l.attn.kv_dim() * 4) as u64;
-            let max = self
-                .gpu
-                .limits
-                .max_storage_buffer_binding_size
-                .min(self.gpu.limits.max_buffer_size);
+            let max = self.gpu.max_binding();
             if bytes > max {
                 bail!("layer {i}: its KV cache for {slots} sequence(s) of {capacity} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", self.gpu.name());
             }
