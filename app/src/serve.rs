@@ -332,22 +332,6 @@ fn parse(s: &Server, kind: Kind, v: &Value) -> Result<Ask> {
     };
     // A chat template writes its own special tokens; a plain prompt gets the tokenizer's.
     let prompt = s.tokenizer.encode(&text, kind == Kind::Text)?;
-    if prompt.is_empty() {
-        bail!("the prompt is empty");
-    }
-    if prompt.len() >= s.context {
-        bail!(
-            "the prompt has {} tokens; the context is {} tokens",
-            prompt.len(),
-            s.context
-        );
-    }
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= s.vocab) {
-        bail!(
-            "the tokenizer produced id {bad}, outside the model's vocabulary of {}",
-            s.vocab
-        );
-    }
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
         temperature: number(v, "temperature")?.map_or(defaults.temperature, |x| x as f32),
@@ -358,7 +342,6 @@ fn parse(s: &Server, kind: Kind, v: &Value) -> Result<Ask> {
         seed: count(v, "seed")?.map_or(defaults.seed, |x| x as u64),
         ..defaults
     };
-    sampling.validate()?;
     let max_tokens = match (count(v, "max_tokens")?, count(v, "max_completion_tokens")?) {
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => 256,
@@ -371,14 +354,16 @@ fn parse(s: &Server, kind: Kind, v: &Value) -> Result<Ask> {
         }
         _ => bail!("`stop` must be a string or an array of strings"),
     };
+    let options = GenerateOptions {
+        max_tokens,
+        sampling,
+        stop_strings,
+        ignore_eos: flag(v, "ignore_eos")?,
+    };
+    gen::check_request(&prompt, &options, s.vocab, s.context)?;
     Ok(Ask {
         prompt,
-        options: GenerateOptions {
-            max_tokens,
-            sampling,
-            stop_strings,
-            ignore_eos: flag(v, "ignore_eos")?,
-        },
+        options,
         stream: flag(v, "stream")?,
         include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
     })

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use crate::backend::Step;
 use crate::error::Result;
-use crate::generate::{FinishReason, GenerateOptions, SequenceOutput, PREFILL_CHUNK};
+use crate::generate::{check_request, FinishReason, GenerateOptions, SequenceOutput, PREFILL_CHUNK};
 use crate::sampler::{Pick, Sampler};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
@@ -247,7 +247,8 @@ impl Scheduler {
     fn admit(&mut self) {
         while !self.queue.is_empty() && self.slots.iter().any(|s| !s.busy) {
             let (id, request, events) = self.queue.pop_front().expect("checked non-empty");
-            if let Err(e) = self.check(&request) {
+            let (vocab, context) = (self.session.spec().vocab_size, self.session.context());
+            if let Err(e) = check_request(&request.prompt, &request.options, vocab, context) {
                 let _ = events.send(Event::Error(e.to_string()));
                 continue;
             }
@@ -281,7 +282,6 @@ impl Scheduler {
             s.tokens.truncate(cached);
             s.busy = true;
             s.last_used = self.clock;
-            let context = self.session.context();
             let max_tokens = request.options.max_tokens.min(context - prompt.len());
             self.running.push(Sequence {
                 id,
@@ -295,25 +295,6 @@ impl Scheduler {
                 tokens: prompt,
             });
         }
-    }
-
-    fn check(&self, request: &Request) -> Result<()> {
-        if request.prompt.is_empty() {
-            crate::bail!("empty input: the prompt has no tokens");
-        }
-        request.options.sampling.validate()?;
-        let vocab = self.session.spec().vocab_size;
-        if let Some(&bad) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
-            crate::bail!("token id {bad} is outside the vocabulary of {vocab}");
-        }
-        let context = self.session.context();
-        if request.prompt.len() >= context {
-            crate::bail!(
-                "the prompt has {} tokens; the context is {context}",
-                request.prompt.len()
-            );
-        }
-        Ok(())
     }
 
     /// One step: every decoding sequence's next token, then prefill chunks within the token budget.

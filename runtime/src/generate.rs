@@ -147,6 +147,23 @@ impl SequenceOutput {
     }
 }
 
+/// Checks a request before it runs: a non-empty prompt of ids inside the vocabulary that leaves room in the
+/// context, and valid sampling settings. (The engine checks at admission: a bad id found inside a batched
+/// step would fail every sequence in it.)
+pub fn check_request(prompt: &[u32], opts: &GenerateOptions, vocab: usize, context: usize) -> Result<()> {
+    if prompt.is_empty() {
+        bail!("empty input: the prompt has no tokens");
+    }
+    opts.sampling.validate()?;
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        bail!("token id {bad} is outside the vocabulary of {vocab}");
+    }
+    if prompt.len() >= context {
+        bail!("the prompt has {} tokens; the context is {context}", prompt.len());
+    }
+    Ok(())
+}
+
 /// Generates from `prompt` in `slot` (reset first). `on_text` receives text as soon as it is final: never
 /// half a character, never the start of a stop string that may still complete.
 pub fn generate(
@@ -158,14 +175,8 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        bail!("empty input: the prompt has no tokens");
-    }
-    opts.sampling.validate()?;
     let context = session.context();
-    if prompt.len() >= context {
-        bail!("the prompt has {} tokens; the context is {context}", prompt.len());
-    }
+    check_request(prompt, opts, session.spec().vocab_size, context)?;
     session.reset(slot);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut output = SequenceOutput::new(tokenizer, eos_ids, opts, opts.max_tokens.min(context - prompt.len()));

@@ -285,11 +285,10 @@ impl Backend for CpuBackend {
 
     fn describe(&self) -> String {
         format!(
-            "cpu ({:?} weights, f32 compute, {} threads)",
-            self.dtype,
+            "cpu ({} weights, f32 compute, {} threads)",
+            self.dtype.name(),
             rayon::current_num_threads()
         )
-        .to_lowercase()
     }
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<HostTensor> {
