@@ -1,12 +1,14 @@
 // Shared by attention.wgsl and attention_split.wgsl: parameters, the query/KV bindings, and the online
 // softmax of one (head, query row) over a range of key positions. The KV of position `j` of sequence `seq`
-// lives at ring slot `seq * capacity + j % capacity` (see kv_write.wgsl).
+// lives at row `kv_row(seq, j, ...)` of the cache (kv_pages.wgsl, built after this file).
 struct Params {
     n_heads: u32,
     heads_per_kv: u32,
     head_dim: u32,
     kv_dim: u32,
+    // Ring rows per sequence (sliding layers), or 0 for a paged full layer with `pages_per_seq` table entries.
     capacity: u32,
+    pages_per_seq: u32,
     window: u32,
     has_sinks: u32,
     scale: f32,
@@ -65,7 +67,7 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
         let j = j0 + lid;
         var s = -3.0e38;
         if (j <= last) {
-            let base = (seq * p.capacity + j % p.capacity) * p.kv_dim + kv_offset;
+            let base = kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset;
             var dot = 0.0;
             for (var e = 0u; e < hd; e++) {
                 dot += q_row[e] * k_cache[base + e];
@@ -87,7 +89,7 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
         for (var i = 0u; i <= block_last; i++) {
             let weight = exp(scores[i] - block_max);
             state.running_sum += weight;
-            let base = (seq * p.capacity + (j0 + i) % p.capacity) * p.kv_dim + kv_offset;
+            let base = kv_row(seq, j0 + i, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset;
             for (var c = 0u; c < 4u; c++) {
                 let d = lid + c * 64u;
                 if (d < hd) {

@@ -2,7 +2,7 @@
 // listed in `blocks`). Keys and values pass through workgroup memory 8 positions at a time and serve every
 // row of the block, instead of each row reading them again. Each row has 4 threads, each holding a quarter
 // of the head's dimensions (head_dim <= 128; interleaved so neighbouring threads read neighbouring floats).
-// Same causal/window masking, ring indexing and sinks as attention.wgsl. Built after attention_common.wgsl.
+// Same causal/window masking, KV addressing and sinks as attention.wgsl. Built after attention_common.wgsl.
 @group(0) @binding(6) var<storage, read> sinks: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 // [blocks, 2]: first row and row count
@@ -63,7 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             var kv = 0.0;
             var vv = 0.0;
             if (j <= last) {
-                let at = (seq * p.capacity + j % p.capacity) * p.kv_dim + kv_offset + d;
+                let at = kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset + d;
                 kv = k_cache[at];
                 vv = v_cache[at];
             }

@@ -1,10 +1,10 @@
-// Appends the step's K and V rows to a layer's cache: position `pos` of sequence `seq` lives in slot
-// `seq * capacity + pos % capacity` (a ring for sliding layers, the whole context for full ones).
+// Appends the step's K and V rows to a layer's cache: position `pos` of sequence `seq` lives at row
+// `kv_row(seq, pos, ...)` (kv_pages.wgsl, built after this file: a ring for sliding layers, pages for full ones).
 struct Params {
     rows: u32,
     kv_dim: u32,
     capacity: u32,
-    _pad: u32,
+    pages_per_seq: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,8 +20,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let n = p.rows * p.kv_dim;
     for (var i = gid.x; i < n; i += nwg.x * 64u) {
         let r = i / p.kv_dim;
-        let slot = seqs[r] * p.capacity + positions[r] % p.capacity;
-        let dst = slot * p.kv_dim + i % p.kv_dim;
+        let dst = kv_row(seqs[r], positions[r], p.capacity, p.pages_per_seq) * p.kv_dim + i % p.kv_dim;
         k_cache[dst] = k[i];
         v_cache[dst] = v[i];
     }

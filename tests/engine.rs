@@ -19,11 +19,18 @@ use volt_runtime::sampler::SamplingParams;
 use volt_runtime::session::{BackendSession, Session};
 
 fn session(dir: &Path, backend: &str, slots: usize) -> Box<dyn Session + Send> {
+    session_with_pool(dir, backend, slots, None)
+}
+
+/// A session whose full-attention KV pool holds `pool_tokens` positions (default: every slot's context).
+fn session_with_pool(dir: &Path, backend: &str, slots: usize, pool_tokens: Option<usize>) -> Box<dyn Session + Send> {
     match backend {
-        "cpu" => Box::new(BackendSession::load(CpuBackend::new(WeightDtype::F32), dir, slots).unwrap()),
+        "cpu" => Box::new(
+            BackendSession::load_with_pool(CpuBackend::new(WeightDtype::F32), dir, slots, pool_tokens).unwrap(),
+        ),
         _ => {
             let wgpu = WgpuBackend::with_gpu(Gpu::open_default().unwrap(), WeightDtype::F32, 1024).unwrap();
-            Box::new(BackendSession::load(wgpu, dir, slots).unwrap())
+            Box::new(BackendSession::load_with_pool(wgpu, dir, slots, pool_tokens).unwrap())
         }
     }
 }
@@ -110,6 +117,55 @@ fn batched_generation_gives_the_tokens_of_one_at_a_time() {
                 );
             }
             println!("{backend} {fixture}: 6 requests on 3 slots match one-at-a-time greedy");
+        }
+    }
+}
+
+#[test]
+fn a_full_kv_pool_makes_sequences_wait_or_yield_without_changing_a_token() {
+    // A pool of 3 pages (96 positions) for 4 slots, and sequences of up to 74 positions (3 pages each):
+    // requests wait for pages, and decodes that need a page preempt the youngest sequence, which resumes
+    // later by prefilling again. Every token must be the one of running each request alone.
+    for backend in backends() {
+        for fixture in ["volt", "qwen3_moe"] {
+            let dir = fixtures_root().join(fixture);
+            let mut alone = session(&dir, backend, 1);
+            let vocab = alone.spec().vocab_size;
+            let prompts = prompts(&[40, 30, 50, 20, 35, 45], vocab);
+            let expected: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|p| {
+                    generate(alone.as_mut(), 0, p, None, &[], &greedy(24), |_| {})
+                        .unwrap()
+                        .tokens
+                })
+                .collect();
+            let small = session_with_pool(&dir, backend, 4, Some(96));
+            assert_eq!((small.pool_pages(), small.context()), (3, 96));
+            let engine = Engine::start(small, None, vec![]);
+            let pending: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    engine
+                        .submit(Request {
+                            prompt: p.clone(),
+                            options: greedy(24),
+                        })
+                        .1
+                })
+                .collect();
+            for (i, events) in pending.into_iter().enumerate() {
+                let (streamed, done) = finish(events);
+                assert_eq!(streamed, expected[i], "{backend} {fixture} request {i}");
+                assert_eq!(done.tokens, expected[i], "{backend} {fixture} request {i}");
+            }
+            let stats = engine.stats();
+            assert!(stats.preempted > 0, "{backend} {fixture}: no sequence was preempted");
+            assert_eq!(stats.completed, 6);
+            println!(
+                "{backend} {fixture}: 6 requests through a 3-page pool, {} preemption(s), tokens unchanged",
+                stats.preempted
+            );
         }
     }
 }

@@ -251,6 +251,12 @@ const CASES: &[Case] = &[
         17,
         attention_split_seqs_case
     ),
+    case!(
+        "attention/paged",
+        "full, 3 seqs in interleaved pages, reset, regrow",
+        25,
+        attention_paged_case
+    ),
     case!("moe/top-k", "e=7 k=3 h=45 i=19 softmax renorm", 11, moe_topk_case),
     case!("moe/top-p", "e=9 p=0.55 [1,4] h=33 i=21", 12, moe_topp_case),
     case!(
@@ -481,7 +487,7 @@ fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec) -> Result
 /// `a` prefill tokens of sequence 0, then its decode token beside `b` prefill tokens of sequence 1.
 fn attention_steps_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, a: usize, b: usize) -> Result<Vec<f32>> {
     let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
-    let mut cache = be.new_cache(&model, 2)?;
+    let mut cache = be.new_cache(&model, 2, None)?;
     let sinks = if spec.sinks {
         Some(be.upload_vector(r.tensor(&[spec.n_heads], 2.0))?)
     } else {
@@ -498,6 +504,7 @@ fn attention_steps_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, a: 
             tokens: rows,
             ..step.clone()
         })?;
+        be.reserve_kv(&mut cache, &step)?;
         let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
         let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), sinks.as_ref());
         be.end_step(&mut cache)?;
@@ -538,7 +545,7 @@ fn attention_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32
 /// decode step's attention.
 fn attention_decode_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, lens: &[usize]) -> Result<Vec<f32>> {
     let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
-    let mut cache = be.new_cache(&model, lens.len())?;
+    let mut cache = be.new_cache(&model, lens.len(), None)?;
     let sinks = if spec.sinks {
         Some(be.upload_vector(r.tensor(&[spec.n_heads], 2.0))?)
     } else {
@@ -564,8 +571,9 @@ fn attention_decode_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, le
         let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
         be.begin_step(&Step {
             tokens: (0..t as u32).collect(),
-            ..step
+            ..step.clone()
         })?;
+        be.reserve_kv(&mut cache, &step)?;
         let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
         let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), sinks.as_ref());
         be.end_step(&mut cache)?;
@@ -586,6 +594,51 @@ fn attention_split_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<V
 /// Rows of one step in different chunk counts; the row at 40 leaves all but its first chunk empty.
 fn attention_split_seqs_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
     attention_decode_case(be, r, attn_spec(None, 4, 2, 18, true), &[777, 301, 40])
+}
+
+/// Three sequences grow 20 positions a step, so their KV pages interleave in the pool; then sequence 1 is
+/// reset and refilled from freed pages while the others decode. Returns every step's attention.
+fn attention_paged_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let spec = attn_spec(None, 4, 2, 16, false);
+    let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
+    let mut cache = be.new_cache(&model, 3, None)?;
+    let grow = |lens: &mut [usize], counts: &[usize]| {
+        let mut step = Step::default();
+        for (seq, &n) in counts.iter().enumerate() {
+            for _ in 0..n {
+                step.tokens.push(0);
+                step.positions.push(lens[seq]);
+                step.seqs.push(seq);
+                lens[seq] += 1;
+            }
+        }
+        step
+    };
+    let mut lens = [0; 3];
+    let mut steps: Vec<Step> = (0..5).map(|_| grow(&mut lens, &[20, 20, 20])).collect();
+    lens[1] = 0;
+    steps.push(grow(&mut lens, &[1, 45, 1]));
+    steps.push(grow(&mut lens, &[1, 1, 1]));
+    let mut out = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        if i == 5 {
+            cache.reset(1);
+        }
+        let t = step.len();
+        let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
+        let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        be.begin_step(&Step {
+            tokens: (0..t as u32).collect(),
+            ..step.clone()
+        })?;
+        be.reserve_kv(&mut cache, &step)?;
+        let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
+        let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), None);
+        be.end_step(&mut cache)?;
+        out.extend(be.read(&y)?);
+    }
+    Ok(out)
 }
 
 fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize, tokens: usize) -> Result<Vec<f32>> {

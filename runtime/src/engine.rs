@@ -3,8 +3,14 @@
 //! Sequences join and leave between steps. A step holds one decode token for every running sequence, then
 //! prefill chunks of newer ones up to `STEP_TOKENS`, so a long prompt never stalls the others for more than
 //! a chunk. Each request streams its events over its own channel; `cancel`, or dropping the receiver (a
-//! client gone), frees its slot before the next step. Requests wait in the queue while every slot is busy:
-//! memory is fixed at start-up and never grows.
+//! client gone), frees its slot before the next step.
+//!
+//! Memory is fixed at start-up and never grows: a request waits in the queue until a slot is free and the
+//! KV page pool (`backend::kv_pages`) holds its prompt. A decoding sequence that needs a page when none is
+//! free takes one back from the cached prefixes of idle slots, else preempts the youngest running
+//! sequence: its KV is dropped and it waits at the head of the queue, then resumes by prefilling its prompt
+//! and the tokens it had generated, continuing its stream and sampler where they were (vLLM's recompute
+//! preemption). One sequence always fits: the pool holds at least one whole context.
 //!
 //! Prefix reuse: a slot keeps the tokens of its last sequence after it ends, so a request that starts with
 //! them (the next turn of a chat, a shared system prompt) continues from the cached KV and prefills only
@@ -65,6 +71,8 @@ pub struct Stats {
     pub completed: u64,
     /// Requests stopped by `cancel` or by their receiver going away.
     pub cancelled: u64,
+    /// Times a running sequence gave up its KV for an older one (it resumes later).
+    pub preempted: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +81,7 @@ struct Counters {
     queued: AtomicUsize,
     completed: AtomicU64,
     cancelled: AtomicU64,
+    preempted: AtomicU64,
 }
 
 enum Control {
@@ -102,6 +111,7 @@ impl Engine {
             eos_ids,
             inbox,
             queue: VecDeque::new(),
+            preempted: VecDeque::new(),
             running: Vec::new(),
             slots,
             clock: 0,
@@ -125,6 +135,7 @@ impl Engine {
             queued: c.queued.load(Ordering::Relaxed),
             completed: c.completed.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
+            preempted: c.preempted.load(Ordering::Relaxed),
         }
     }
 
@@ -163,6 +174,8 @@ struct Slot {
 
 struct Sequence {
     id: u64,
+    /// Order of first admission: the older keeps its KV when pages run out.
+    age: u64,
     slot: usize,
     events: Sender<Event>,
     /// Prompt then generated tokens; the first `fed` are in the cache.
@@ -181,6 +194,8 @@ struct Scheduler {
     eos_ids: Vec<u32>,
     inbox: Receiver<Control>,
     queue: VecDeque<(u64, Request, Sender<Event>)>,
+    /// Sequences that gave up their KV, oldest first; they resume before the queue is served.
+    preempted: VecDeque<Sequence>,
     running: Vec<Sequence>,
     slots: Vec<Slot>,
     clock: u64,
@@ -190,7 +205,7 @@ impl Scheduler {
     fn run(mut self) {
         loop {
             // Idle: sleep until something arrives; busy: take what has arrived and go on.
-            if self.running.is_empty() && self.queue.is_empty() {
+            if self.running.is_empty() && self.queue.is_empty() && self.preempted.is_empty() {
                 match self.inbox.recv() {
                     Ok(msg) => {
                         if !self.handle(msg) {
@@ -223,7 +238,9 @@ impl Scheduler {
 
     fn publish(&self) {
         self.counters.running.store(self.running.len(), Ordering::Relaxed);
-        self.counters.queued.store(self.queue.len(), Ordering::Relaxed);
+        self.counters
+            .queued
+            .store(self.queue.len() + self.preempted.len(), Ordering::Relaxed);
     }
 
     /// Applies a control message; false on shutdown.
@@ -232,6 +249,10 @@ impl Scheduler {
             Control::Submit(id, request, events) => self.queue.push_back((id, request, events)),
             Control::Cancel(id) => {
                 self.queue.retain(|(queued, _, _)| *queued != id);
+                if let Some(i) = self.preempted.iter().position(|s| s.id == id) {
+                    self.preempted.remove(i);
+                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(i) = self.running.iter().position(|s| s.id == id) {
                     let seq = self.running.swap_remove(i);
                     self.release(&seq);
@@ -243,48 +264,37 @@ impl Scheduler {
         true
     }
 
-    /// Moves queued requests into free slots, each into the slot whose cached tokens it continues furthest.
+    /// Resumes preempted sequences, then moves queued requests in, while a slot is free and the KV pool
+    /// holds their tokens; first come, first served.
     fn admit(&mut self) {
-        while !self.queue.is_empty() && self.slots.iter().any(|s| !s.busy) {
-            let (id, request, events) = self.queue.pop_front().expect("checked non-empty");
+        while let Some(mut seq) = self.preempted.pop_front() {
+            match self.place(&seq.tokens) {
+                Some((slot, cached)) => {
+                    seq.slot = slot;
+                    seq.fed = cached;
+                    self.running.push(seq);
+                }
+                None => {
+                    self.preempted.push_front(seq);
+                    return;
+                }
+            }
+        }
+        while let Some((id, request, events)) = self.queue.pop_front() {
             let (vocab, context) = (self.session.spec().vocab_size, self.session.context());
             if let Err(e) = check_request(&request.prompt, &request.options, vocab, context) {
                 let _ = events.send(Event::Error(e.to_string()));
                 continue;
             }
-            let prompt = request.prompt;
-            // At least the last prompt token is fed again: its logits choose the first new token.
-            let reusable = |slot: usize, s: &Slot| {
-                let common = s.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
-                let len = common.min(prompt.len() - 1);
-                if len > 0 && self.session.can_truncate(slot, len) {
-                    len
-                } else {
-                    0
-                }
+            let Some((slot, cached)) = self.place(&request.prompt) else {
+                self.queue.push_front((id, request, events));
+                return;
             };
-            let (slot, cached) = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.busy)
-                .map(|(i, s)| (i, reusable(i, s), s.last_used))
-                .max_by_key(|&(i, cached, last_used)| (cached, std::cmp::Reverse(last_used), std::cmp::Reverse(i)))
-                .map(|(i, cached, _)| (i, cached))
-                .expect("a free slot exists");
-            if cached > 0 {
-                self.session.truncate(slot, cached);
-            } else {
-                self.session.reset(slot);
-            }
-            self.clock += 1;
-            let s = &mut self.slots[slot];
-            s.tokens.truncate(cached);
-            s.busy = true;
-            s.last_used = self.clock;
+            let prompt = request.prompt;
             let max_tokens = request.options.max_tokens.min(context - prompt.len());
             self.running.push(Sequence {
                 id,
+                age: self.clock,
                 slot,
                 events,
                 fed: cached,
@@ -297,19 +307,141 @@ impl Scheduler {
         }
     }
 
+    /// Claims a free slot for a sequence of `tokens`, the one whose cached tokens it continues furthest, and
+    /// the pages the rest of them need. Returns the slot and how many tokens it continues from the cache,
+    /// or None when no slot is free or the pool cannot hold them.
+    fn place(&mut self, tokens: &[u32]) -> Option<(usize, usize)> {
+        // At least the last token is fed again: its logits choose the next one.
+        let reusable = |slot: usize, s: &Slot| {
+            let common = s.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+            let len = common.min(tokens.len() - 1);
+            if len > 0 && self.session.can_truncate(slot, len) {
+                len
+            } else {
+                0
+            }
+        };
+        let (slot, cached) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy)
+            .map(|(i, s)| (i, reusable(i, s), s.last_used))
+            .max_by_key(|&(i, cached, last_used)| (cached, std::cmp::Reverse(last_used), std::cmp::Reverse(i)))
+            .map(|(i, cached, _)| (i, cached))?;
+        if cached > 0 {
+            self.session.truncate(slot, cached);
+        } else {
+            self.session.reset(slot);
+        }
+        self.slots[slot].tokens.truncate(cached);
+        // Running prefills keep a claim on the pages the rest of their prompts need.
+        let outstanding: usize = self
+            .running
+            .iter()
+            .map(|s| self.session.pages_needed(s.slot, s.tokens.len()))
+            .sum();
+        if !self.reclaim(outstanding + self.session.pages_needed(slot, tokens.len()), Some(slot)) {
+            return None;
+        }
+        self.clock += 1;
+        let s = &mut self.slots[slot];
+        s.busy = true;
+        s.last_used = self.clock;
+        Some((slot, cached))
+    }
+
+    /// Frees pages held by idle slots' cached prefixes, least recently used first, until `pages` are free;
+    /// false when even that is not enough. The cache of `keep` is left alone.
+    fn reclaim(&mut self, pages: usize, keep: Option<usize>) -> bool {
+        while self.session.free_pages() < pages {
+            let idle = (0..self.slots.len())
+                .filter(|&i| Some(i) != keep && !self.slots[i].busy && self.session.seq_len(i) > 0)
+                .min_by_key(|&i| self.slots[i].last_used);
+            let Some(i) = idle else {
+                return false;
+            };
+            self.session.reset(i);
+            self.slots[i].tokens.clear();
+        }
+        true
+    }
+
+    /// Drops the KV of the running sequence at `i`; it waits to resume, oldest first.
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        self.session.reset(seq.slot);
+        self.slots[seq.slot] = Slot::default();
+        seq.fed = 0;
+        let at = self
+            .preempted
+            .iter()
+            .position(|p| p.age > seq.age)
+            .unwrap_or(self.preempted.len());
+        self.preempted.insert(at, seq);
+        self.counters.preempted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many tokens each running sequence feeds this step, in `running` order, which it sets: decodes
+    /// first, then prefills, each oldest first. Every decode gets its token: where the pool is short, idle
+    /// caches are reclaimed, then the youngest sequences preempted. Prefill chunks fill the rest of the
+    /// token budget with the pages left.
+    fn plan(&mut self) -> Vec<usize> {
+        let decoding = |s: &Sequence| s.tokens.len() - s.fed == 1;
+        self.running.sort_by_key(|s| s.age);
+        // Pages the sequences planned so far will take.
+        let mut promised = 0;
+        let mut i = 0;
+        while i < self.running.len() {
+            let seq = &self.running[i];
+            if decoding(seq) {
+                let need = self.session.pages_needed(seq.slot, seq.tokens.len());
+                if !self.reclaim(promised + need, None) {
+                    // The youngest gives way (this sequence itself when it is the youngest).
+                    self.preempt(self.running.len() - 1);
+                    continue;
+                }
+                promised += need;
+            }
+            i += 1;
+        }
+        self.running.sort_by_key(|s| !decoding(s));
+        let page = crate::backend::kv_pages::KV_PAGE;
+        let mut budget = STEP_TOKENS;
+        let mut plan = Vec::with_capacity(self.running.len());
+        for i in 0..self.running.len() {
+            let seq = &self.running[i];
+            let (slot, fed) = (seq.slot, seq.fed);
+            let mut n = (seq.tokens.len() - fed).min(budget);
+            if !decoding(seq) {
+                let need = self.session.pages_needed(slot, fed + n);
+                if need > 0 && !self.reclaim(promised + need, None) {
+                    // The rest of the prompt waits for pages to come back.
+                    let spare = self.session.free_pages().saturating_sub(promised);
+                    n = n.min((fed.div_ceil(page) + spare) * page - fed);
+                }
+                promised += self.session.pages_needed(slot, fed + n);
+            }
+            budget -= n;
+            plan.push(n);
+        }
+        if plan.iter().all(|&n| n == 0) && !self.running.is_empty() {
+            // Every prefill waits on pages the others hold: the youngest gives way.
+            self.preempt(self.running.len() - 1);
+            plan.pop();
+        }
+        plan
+    }
+
     /// One step: every decoding sequence's next token, then prefill chunks within the token budget.
     fn step(&mut self) -> Result<()> {
-        // Decoding sequences (one unfed token) first, so prefills never delay them.
-        self.running.sort_by_key(|s| s.tokens.len() - s.fed > 1);
+        let plan = self.plan();
         let mut step = Step::default();
-        let mut fed_now = Vec::with_capacity(self.running.len());
         let mut rows = Vec::new();
         let mut picks: Vec<Pick> = Vec::new();
         let mut choosers = Vec::new();
-        for (i, seq) in self.running.iter_mut().enumerate() {
-            let n = (seq.tokens.len() - seq.fed).min(STEP_TOKENS - step.len());
+        for (i, (seq, &n)) in self.running.iter_mut().zip(&plan).enumerate() {
             if n == 0 {
-                fed_now.push(0);
                 continue;
             }
             for (j, &t) in seq.tokens[seq.fed..seq.fed + n].iter().enumerate() {
@@ -317,12 +449,14 @@ impl Scheduler {
                 step.positions.push(seq.fed + j);
                 step.seqs.push(seq.slot);
             }
-            fed_now.push(n);
             if seq.fed + n == seq.tokens.len() {
                 rows.push(step.len() - 1);
                 picks.push(seq.sampler.pick(&seq.tokens));
                 choosers.push(i);
             }
+        }
+        if step.is_empty() {
+            return Ok(());
         }
         let ids = if rows.is_empty() {
             // Only prefill chunks that end mid-prompt: no token is chosen this step.
@@ -331,7 +465,7 @@ impl Scheduler {
         } else {
             self.session.forward_pick(&step, &rows, &picks)?
         };
-        for (seq, n) in self.running.iter_mut().zip(&fed_now) {
+        for (seq, n) in self.running.iter_mut().zip(&plan) {
             let slot = &mut self.slots[seq.slot];
             slot.tokens.extend_from_slice(&seq.tokens[seq.fed..seq.fed + n]);
             seq.fed += n;
@@ -362,6 +496,8 @@ impl Scheduler {
             let seq = self.running.swap_remove(i);
             match finish {
                 Some(finish) => {
+                    // Counted first, so whoever receives `Done` sees it in `stats`.
+                    self.counters.completed.fetch_add(1, Ordering::Relaxed);
                     let _ = seq.events.send(Event::Done(Completion {
                         tokens: seq.output.tokens.clone(),
                         text: seq.output.text.clone(),
@@ -369,7 +505,6 @@ impl Scheduler {
                         prompt_tokens: seq.prompt_tokens,
                         cached_tokens: seq.cached_tokens,
                     }));
-                    self.counters.completed.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
                     self.counters.cancelled.fetch_add(1, Ordering::Relaxed);

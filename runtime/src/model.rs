@@ -108,6 +108,7 @@ impl<B: Backend> Model<B> {
     pub fn forward(&self, be: &mut B, cache: &mut B::Cache, step: &Step, logit_rows: &[usize]) -> Result<B::Tensor> {
         self.check_step(cache, step)?;
         be.begin_step(step)?;
+        be.reserve_kv(cache, step)?;
         let eps = self.spec.rms_norm_eps;
         let mut x = be.embed(&self.globals.embed); // [T, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
@@ -209,10 +210,8 @@ impl<B: Backend> Model<B> {
             if pos != *expected {
                 bail!("sequence {seq}: token at position {pos}, expected position {expected}");
             }
-            if let Some(capacity) = cache.capacity() {
-                if pos >= capacity {
-                    bail!("sequence {seq} reached the context of {capacity} tokens");
-                }
+            if pos >= cache.capacity() {
+                bail!("sequence {seq} reached the context of {} tokens", cache.capacity());
             }
             *expected += 1;
         }

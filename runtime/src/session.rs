@@ -26,6 +26,10 @@ pub trait Session {
     fn truncate(&mut self, slot: usize, len: usize);
     /// Sequence slots the cache holds.
     fn slots(&self) -> usize;
+    /// See `KvCache::pages_needed`, `free_pages` and `pool_pages`: the engine schedules within the pool.
+    fn pages_needed(&self, slot: usize, len: usize) -> usize;
+    fn free_pages(&self) -> usize;
+    fn pool_pages(&self) -> usize;
     /// The most positions a sequence may reach: the model's context, bounded by the cache.
     fn context(&self) -> usize;
     /// Bytes the backend holds (weights, caches, activations).
@@ -46,9 +50,14 @@ pub struct BackendSession<B: Backend> {
 }
 
 impl<B: Backend> BackendSession<B> {
-    pub fn load(mut backend: B, dir: &Path, slots: usize) -> Result<Self> {
+    pub fn load(backend: B, dir: &Path, slots: usize) -> Result<Self> {
+        Self::load_with_pool(backend, dir, slots, None)
+    }
+
+    /// Like `load`, with the full-attention layers' KV pool holding `pool_tokens` positions.
+    pub fn load_with_pool(mut backend: B, dir: &Path, slots: usize, pool_tokens: Option<usize>) -> Result<Self> {
         let model = Model::load(&mut backend, dir)?;
-        let cache = backend.new_cache(&model.spec, slots)?;
+        let cache = backend.new_cache(&model.spec, slots, pool_tokens)?;
         Ok(BackendSession { backend, model, cache })
     }
 
@@ -105,9 +114,20 @@ impl<B: Backend> Session for BackendSession<B> {
         self.cache.slots()
     }
 
+    fn pages_needed(&self, slot: usize, len: usize) -> usize {
+        self.cache.pages_needed(slot, len)
+    }
+
+    fn free_pages(&self) -> usize {
+        self.cache.free_pages()
+    }
+
+    fn pool_pages(&self) -> usize {
+        self.cache.pool_pages()
+    }
+
     fn context(&self) -> usize {
-        let model = self.model.spec.max_position_embeddings;
-        self.cache.capacity().map_or(model, |c| c.min(model))
+        self.cache.capacity()
     }
 
     fn allocated_bytes(&self) -> u64 {

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::kv_pages::PagePool;
 use super::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
@@ -76,12 +77,15 @@ struct SeqKv {
 }
 
 /// Per owning layer, per slot. Sliding layers are trimmed to their window after every step; layers that
-/// reuse another layer's KV have no entry.
+/// reuse another layer's KV have no entry. The full layers' rows are kept per sequence, in f32 (the
+/// reference), but counted in the same page pool as on the GPU, so the pool bounds them alike.
 pub struct CpuCache {
     layers: Vec<Option<Vec<SeqKv>>>,
     windows: Vec<Option<usize>>,
     kv_dims: Vec<usize>,
     lens: Vec<usize>,
+    pages: PagePool,
+    context: usize,
 }
 
 impl KvCache for CpuCache {
@@ -90,6 +94,7 @@ impl KvCache for CpuCache {
     }
     fn reset(&mut self, slot: usize) {
         self.lens[slot] = 0;
+        self.pages.shrink(slot, 0);
         for seqs in self.layers.iter_mut().flatten() {
             seqs[slot] = SeqKv::default();
         }
@@ -111,6 +116,7 @@ impl KvCache for CpuCache {
     fn truncate(&mut self, slot: usize, len: usize) {
         debug_assert!(self.can_truncate(slot, len));
         self.lens[slot] = len;
+        self.pages.shrink(slot, len);
         for (seqs, kv_dim) in self.layers.iter_mut().zip(&self.kv_dims) {
             if let Some(s) = seqs.as_mut().map(|seqs| &mut seqs[slot]) {
                 let rows = len.saturating_sub(s.start) * kv_dim;
@@ -118,6 +124,18 @@ impl KvCache for CpuCache {
                 s.v.truncate(rows);
             }
         }
+    }
+    fn capacity(&self) -> usize {
+        self.context
+    }
+    fn pages_needed(&self, slot: usize, len: usize) -> usize {
+        self.pages.pages_needed(slot, len)
+    }
+    fn free_pages(&self) -> usize {
+        self.pages.free_pages()
+    }
+    fn pool_pages(&self) -> usize {
+        self.pages.pages()
     }
 }
 
@@ -306,9 +324,19 @@ impl Backend for CpuBackend {
         Ok(table)
     }
 
-    fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<CpuCache> {
+    fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<CpuCache> {
         let owns = |i: usize| spec.layers[i].attn.kv_source == i;
+        let paged = (0..spec.n_layers()).any(|i| owns(i) && spec.layers[i].attn.window().is_none());
+        let pool_tokens = pool_tokens.unwrap_or(slots * spec.max_position_embeddings);
+        // A sequence never outgrows the pool.
+        let context = if paged {
+            spec.max_position_embeddings.min(pool_tokens)
+        } else {
+            spec.max_position_embeddings
+        };
         Ok(CpuCache {
+            context,
+            pages: PagePool::new(slots, pool_tokens, paged),
             layers: (0..spec.n_layers())
                 .map(|i| owns(i).then(|| vec![SeqKv::default(); slots]))
                 .collect(),
@@ -321,6 +349,10 @@ impl Backend for CpuBackend {
     fn begin_step(&mut self, step: &Step) -> Result<()> {
         self.step = step.clone();
         Ok(())
+    }
+
+    fn reserve_kv(&mut self, cache: &mut CpuCache, step: &Step) -> Result<()> {
+        cache.pages.reserve(step).map(drop)
     }
 
     fn embed(&mut self, table: &HostTensor) -> CpuTensor {

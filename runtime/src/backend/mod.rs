@@ -8,6 +8,7 @@
 //!   chunks and decode tokens (continuous batching).
 
 pub mod cpu;
+pub mod kv_pages;
 pub mod wgpu;
 
 use crate::checkpoint::HostTensor;
@@ -146,10 +147,15 @@ pub trait Backend: WeightTypes + Sized {
     fn upload_vector(&mut self, w: HostTensor) -> Result<Self::Vector>;
     fn upload_experts(&mut self, w: HostTensor) -> Result<Self::Experts>;
     fn upload_rope(&mut self, table: RopeTable) -> Result<Self::Rope>;
-    fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<Self::Cache>;
+    /// KV storage for `slots` sequences; the full-attention layers' page pool holds `pool_tokens` positions
+    /// (default: every slot's whole context, or what the device holds).
+    fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<Self::Cache>;
 
     /// Makes the step's tokens, positions and sequence slots available to the ops that follow.
     fn begin_step(&mut self, step: &Step) -> Result<()>;
+    /// Gives the step's sequences the KV pages their new positions need (an error when the pool cannot)
+    /// and makes the page tables visible to the ops. After `begin_step`, before the first `attention`.
+    fn reserve_kv(&mut self, cache: &mut Self::Cache, step: &Step) -> Result<()>;
     /// Rows of `table` ([vocab, hidden]) for the step's tokens.
     fn embed(&mut self, table: &Self::Matrix) -> Self::Tensor;
     /// RMSNorm over each group of `group` columns (the row width, or head_dim for per-head norms).
@@ -232,10 +238,12 @@ pub trait KvCache {
     /// Keeps the first `len` positions of a slot (see `can_truncate`).
     fn truncate(&mut self, slot: usize, len: usize);
     fn slots(&self) -> usize;
-    /// The most positions a sequence may reach (None: bounded by memory only).
-    fn capacity(&self) -> Option<usize> {
-        None
-    }
+    /// The most positions a sequence may reach: the model's context, bounded by the cache and its pool.
+    fn capacity(&self) -> usize;
+    /// Pages of the full-attention pool (`kv_pages.rs`) a slot must gain to hold positions `0..len`.
+    fn pages_needed(&self, slot: usize, len: usize) -> usize;
+    fn free_pages(&self) -> usize;
+    fn pool_pages(&self) -> usize;
 }
 
 /// The routed experts of one MoE layer and their router.

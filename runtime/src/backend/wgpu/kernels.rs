@@ -104,11 +104,12 @@ pub enum Access {
 use Access::{Read, ReadWrite as Rw, Uniform};
 
 /// An attention kernel's source: `attention_common.wgsl` (parameters, bindings 0-5, the online softmax),
-/// then the kernel's own file.
+/// the KV addressing, then the kernel's own file.
 macro_rules! attention_kernel {
     ($file:literal) => {
         concat!(
             include_str!("../../../../shaders/attention_common.wgsl"),
+            include_str!("../../../../shaders/kv_pages.wgsl"),
             include_str!(concat!("../../../../shaders/", $file))
         )
     };
@@ -145,7 +146,10 @@ impl Op {
                 &[Uniform, Rw, Read, Read],
             ),
             Op::KvWrite => (
-                include_str!("../../../../shaders/kv_write.wgsl"),
+                concat!(
+                    include_str!("../../../../shaders/kv_write.wgsl"),
+                    include_str!("../../../../shaders/kv_pages.wgsl")
+                ),
                 "main",
                 &[Uniform, Read, Read, Read, Read, Rw, Rw],
             ),

@@ -7,8 +7,8 @@
 //! Memory: activations come from a pool of power-of-two buffers reused across steps (no allocation once
 //! the shapes have been seen); kernel parameters go through one uniform ring with dynamic offsets; bind
 //! groups are cached by the buffers they bind. KV caches are allocated at start-up: sliding layers hold a
-//! ring of `window + MAX_STEP_TOKENS` positions, full layers the whole context, KV-reusing layers nothing
-//! (they bind their source layer's buffers).
+//! ring of `window + MAX_STEP_TOKENS` positions per slot, full layers one pool of pages shared by all slots
+//! (`kv_pages.rs`), KV-reusing layers nothing (they bind their source layer's buffers).
 
 pub mod gpu;
 pub mod kernels;
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
+use super::kv_pages::{PagePool, KV_PAGE};
 use super::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::bail;
 use crate::checkpoint::HostTensor;
@@ -114,15 +115,20 @@ pub struct GpuRope {
 struct LayerKv {
     k: Arc<GpuBuffer>,
     v: Arc<GpuBuffer>,
-    /// Positions held: a ring for sliding layers, the whole context for full ones.
-    capacity: usize,
+    /// Sliding layers: positions each slot's ring holds. Full layers: None, paged from `WgpuCache::pages`.
+    ring: Option<usize>,
     window: Option<usize>,
 }
 
 pub struct WgpuCache {
+    /// Tells caches apart, so the backend knows whose page tables it last uploaded.
+    id: u64,
     layers: Vec<Option<LayerKv>>,
     lens: Vec<usize>,
     context: usize,
+    pages: PagePool,
+    /// Page table entries per slot: enough for `context` positions.
+    pages_per_seq: usize,
 }
 
 impl KvCache for WgpuCache {
@@ -132,25 +138,36 @@ impl KvCache for WgpuCache {
     fn reset(&mut self, slot: usize) {
         // Positions are rewritten as the sequence grows again; nothing to clear on the device.
         self.lens[slot] = 0;
+        self.pages.shrink(slot, 0);
     }
     fn slots(&self) -> usize {
         self.lens.len()
     }
     fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        // A ring of `capacity` positions still holds [seq_len - capacity, seq_len); a token at `len` needs
+        // A ring of `ring` positions still holds [seq_len - ring, seq_len); a token at `len` needs
         // (len - window, len).
         len <= self.lens[slot]
-            && self.layers.iter().flatten().all(|l| match l.window {
-                Some(w) => (len + 1).saturating_sub(w) >= self.lens[slot].saturating_sub(l.capacity),
-                None => true,
+            && self.layers.iter().flatten().all(|l| match (l.window, l.ring) {
+                (Some(w), Some(ring)) => (len + 1).saturating_sub(w) >= self.lens[slot].saturating_sub(ring),
+                _ => true,
             })
     }
     fn truncate(&mut self, slot: usize, len: usize) {
         // Positions from `len` on are rewritten as the sequence grows again.
         self.lens[slot] = len;
+        self.pages.shrink(slot, len);
     }
-    fn capacity(&self) -> Option<usize> {
-        Some(self.context)
+    fn capacity(&self) -> usize {
+        self.context
+    }
+    fn pages_needed(&self, slot: usize, len: usize) -> usize {
+        self.pages.pages_needed(slot, len)
+    }
+    fn free_pages(&self) -> usize {
+        self.pages.free_pages()
+    }
+    fn pool_pages(&self) -> usize {
+        self.pages.pages()
     }
 }
 
@@ -209,6 +226,8 @@ pub struct WgpuBackend {
     split_weights: usize,
     /// Buffers the host writes while a step is recorded (pooled ones may still be in use by it), by name.
     dedicated: HashMap<&'static str, Arc<GpuBuffer>>,
+    /// The cache whose page tables `step_seqs` holds.
+    tables_of: Option<u64>,
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -265,6 +284,7 @@ impl WgpuBackend {
             split_weights: 0,
             dedicated: HashMap::new(),
             step_blocks: 0,
+            tables_of: None,
         };
         backend.gpu.check()?;
         Ok(backend)
@@ -871,7 +891,7 @@ impl Backend for WgpuBackend {
         })
     }
 
-    fn new_cache(&mut self, spec: &ModelSpec, slots: usize) -> Result<WgpuCache> {
+    fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<WgpuCache> {
         for (i, l) in spec.layers.iter().enumerate() {
             if l.attn.head_dim > MAX_HEAD_DIM {
                 bail!(
@@ -889,17 +909,40 @@ impl Backend for WgpuBackend {
             }
         }
         let context = self.context.min(spec.max_position_embeddings);
+        let max = self.gpu.max_binding();
+        let full_kv_dims = spec
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| l.attn.kv_source == *i && l.attn.window().is_none())
+            .map(|(_, l)| l.attn.kv_dim());
+        let paged = full_kv_dims.clone().next().is_some();
+        // The pool's pages must fit one binding in the widest full layer: a smaller default pool, never
+        // less than one whole context.
+        let fits = full_kv_dims
+            .map(|d| max as usize / (d * 4) / KV_PAGE * KV_PAGE)
+            .min()
+            .unwrap_or(usize::MAX);
+        let pool_tokens = match pool_tokens {
+            Some(t) if paged && t > fits => bail!("a KV pool of {t} tokens is more than one buffer holds on {} ({fits} tokens)", self.gpu.name()),
+            Some(t) => t,
+            None if paged && fits < context => bail!("one sequence of {context} tokens takes more KV than one buffer holds on {} ({fits} tokens); use a shorter context", self.gpu.name()),
+            None => (slots * context).min(fits),
+        };
+        // A sequence never outgrows the pool.
+        let context = if paged { context.min(pool_tokens) } else { context };
+        let pages = PagePool::new(slots, pool_tokens, paged);
         let mut layers = Vec::with_capacity(spec.n_layers());
         for (i, l) in spec.layers.iter().enumerate() {
             if l.attn.kv_source != i {
                 layers.push(None);
                 continue;
             }
-            let capacity = l.attn.window().map_or(context, |w| (w + MAX_STEP_TOKENS).min(context));
-            let bytes = (slots * capacity * l.attn.kv_dim() * 4) as u64;
-            let max = self.gpu.max_binding();
+            let ring = l.attn.window().map(|w| (w + MAX_STEP_TOKENS).min(context));
+            let rows = ring.map_or(pages.pages() * KV_PAGE, |r| slots * r);
+            let bytes = (rows * l.attn.kv_dim() * 4) as u64;
             if bytes > max {
-                bail!("layer {i}: its KV cache for {slots} sequence(s) of {capacity} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", self.gpu.name());
+                bail!("layer {i}: its KV ring for {slots} sequence(s) of {} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", ring.unwrap_or(0), self.gpu.name());
             }
             let mut make = || {
                 let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -914,10 +957,25 @@ impl Backend for WgpuBackend {
             layers.push(Some(LayerKv {
                 k: make(),
                 v: make(),
-                capacity,
+                ring,
                 window: l.attn.window(),
             }));
             self.allocated += 2 * bytes.max(16);
+        }
+        // The step's sequence slots, then every slot's page table (kv_pages.wgsl).
+        let pages_per_seq = context.div_ceil(KV_PAGE);
+        let seqs_bytes = ((MAX_STEP_TOKENS + slots * pages_per_seq) * 4) as u64;
+        if seqs_bytes > self.step_seqs.buffer.size() {
+            self.flush()?;
+            let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step seqs and page tables"),
+                size: seqs_bytes,
+                usage: STORAGE,
+                mapped_at_creation: false,
+            });
+            let id = self.new_id();
+            self.allocated += seqs_bytes - self.step_seqs.buffer.size();
+            self.step_seqs = Arc::new(GpuBuffer { buffer, id });
         }
         // A step records about two dozen dispatches per layer (26 with the grouped MoE path): size the params ring for a whole step.
         let ring_bytes = ((spec.n_layers() * 26 + 16) as u64 * PARAMS_STRIDE).next_power_of_two();
@@ -935,9 +993,12 @@ impl Backend for WgpuBackend {
         }
         self.gpu.check()?;
         Ok(WgpuCache {
+            id: self.new_id(),
             layers,
             lens: vec![0; slots],
             context,
+            pages,
+            pages_per_seq,
         })
     }
 
@@ -1055,23 +1116,29 @@ impl Backend for WgpuBackend {
         let layer = cache.layers[spec.kv_source]
             .as_ref()
             .expect("validated: the KV source layer owns a cache");
-        let (kc, vc, capacity) = (layer.k.clone(), layer.v.clone(), layer.capacity);
+        let (kc, vc) = (layer.k.clone(), layer.v.clone());
+        // A ring's row count, or 0 for a paged layer (kv_pages.wgsl).
+        let (ring, pages_per_seq) = (layer.ring.unwrap_or(0), cache.pages_per_seq);
         let (pos, seqs) = (self.step_positions.clone(), self.step_seqs.clone());
         if let Some((k, v)) = kv {
-            let params = [k.rows as u32, spec.kv_dim() as u32, capacity as u32, 0];
+            let params = [k.rows as u32, spec.kv_dim() as u32, ring as u32, pages_per_seq as u32];
             let bufs = [&k.mem.buf.clone(), &v.mem.buf.clone(), &pos, &seqs, &kc, &vc];
             self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(k.rows * spec.kv_dim()));
         }
         let out = self.tensor(q.rows, spec.q_dim());
         let max_pos = self.step.positions.iter().copied().max().unwrap_or(0);
-        let layer_range = spec.window().unwrap_or(capacity).min(capacity);
+        let layer_range = spec
+            .window()
+            .unwrap_or(cache.context)
+            .min(layer.ring.unwrap_or(cache.context));
         let split = split_attention(q.rows, max_pos, layer_range);
         let params = [
             spec.n_heads as u32,
             (spec.n_heads / spec.n_kv_heads) as u32,
             spec.head_dim as u32,
             spec.kv_dim() as u32,
-            capacity as u32,
+            ring as u32,
+            pages_per_seq as u32,
             spec.window().unwrap_or(0) as u32,
             sinks.is_some() as u32,
             spec.softmax_scale.to_bits(),
@@ -1203,6 +1270,18 @@ impl Backend for WgpuBackend {
             groups_1d(rows.len() * x.cols),
         );
         out
+    }
+
+    fn reserve_kv(&mut self, cache: &mut WgpuCache, step: &Step) -> Result<()> {
+        if cache.pages.reserve(step)? || self.tables_of != Some(cache.id) {
+            let tables = cache.pages.flat_tables(cache.pages_per_seq);
+            let offset = (MAX_STEP_TOKENS * 4) as u64;
+            self.gpu
+                .queue
+                .write_buffer(&self.step_seqs.buffer, offset, bytemuck::cast_slice(&tables));
+            self.tables_of = Some(cache.id);
+        }
+        Ok(())
     }
 
     fn end_step(&mut self, cache: &mut WgpuCache) -> Result<()> {

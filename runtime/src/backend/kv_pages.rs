@@ -1,0 +1,133 @@
+//! Pages of the full-attention layers' KV (paged attention): one pool, sized at start-up and shared by every
+//! sequence slot, handed out `KV_PAGE` positions at a time as sequences grow and returned when they shrink.
+//! Every full-attention layer grows in step with the others, so one page table per slot serves them all: page
+//! `table[slot][j / KV_PAGE]` holds position `j` in each full layer's pool. Sliding layers keep fixed rings per
+//! slot and layers that reuse another layer's KV hold nothing, so neither takes pages.
+
+use super::Step;
+use crate::error::Result;
+
+/// Positions per page. `shaders/kv_pages.wgsl` holds the same number.
+pub const KV_PAGE: usize = 32;
+
+pub struct PagePool {
+    /// Per slot, its pages in position order.
+    tables: Vec<Vec<u32>>,
+    free: Vec<u32>,
+    pages: usize,
+    /// False when the model has no full-attention layer that owns KV: nothing is paged.
+    in_use: bool,
+}
+
+impl PagePool {
+    /// A pool of `tokens` positions (rounded up to whole pages) for `slots` sequences.
+    pub fn new(slots: usize, tokens: usize, in_use: bool) -> PagePool {
+        let pages = if in_use { tokens.div_ceil(KV_PAGE) } else { 0 };
+        PagePool {
+            tables: vec![Vec::new(); slots],
+            // Popped from the end: low pages go first.
+            free: (0..pages as u32).rev().collect(),
+            pages,
+            in_use,
+        }
+    }
+
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    pub fn free_pages(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Pages a slot must gain to hold positions `0..len`.
+    pub fn pages_needed(&self, slot: usize, len: usize) -> usize {
+        if !self.in_use {
+            return 0;
+        }
+        len.div_ceil(KV_PAGE).saturating_sub(self.tables[slot].len())
+    }
+
+    /// Gives every sequence of the step the pages its new positions fall in; true when a table changed.
+    /// Takes nothing when the pool cannot cover the whole step.
+    pub fn reserve(&mut self, step: &Step) -> Result<bool> {
+        let mut ends = vec![0; self.tables.len()];
+        for (&slot, &pos) in step.seqs.iter().zip(&step.positions) {
+            ends[slot] = ends[slot].max(pos + 1);
+        }
+        let needed: Vec<usize> = ends
+            .iter()
+            .enumerate()
+            .map(|(slot, &end)| self.pages_needed(slot, end))
+            .collect();
+        let total: usize = needed.iter().sum();
+        if total > self.free.len() {
+            crate::bail!(
+                "the KV pool is full: the step needs {total} more page(s) of {KV_PAGE} positions, {} of {} are free",
+                self.free.len(),
+                self.pages
+            );
+        }
+        for (table, &n) in self.tables.iter_mut().zip(&needed) {
+            let at = self.free.len() - n;
+            table.extend(self.free.drain(at..).rev());
+        }
+        Ok(total > 0)
+    }
+
+    /// Returns the pages of a slot past position `len`.
+    pub fn shrink(&mut self, slot: usize, len: usize) {
+        let keep = len.div_ceil(KV_PAGE);
+        let table = &mut self.tables[slot];
+        while table.len() > keep {
+            self.free.push(table.pop().expect("longer than keep"));
+        }
+    }
+
+    /// Each slot's table padded to `stride` entries, slot after slot (what the kernels index).
+    pub fn flat_tables(&self, stride: usize) -> Vec<u32> {
+        let mut flat = vec![0; self.tables.len() * stride];
+        for (slot, table) in self.tables.iter().enumerate() {
+            flat[slot * stride..][..table.len()].copy_from_slice(table);
+        }
+        flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_handed_out_as_sequences_grow_and_returned_when_they_shrink() {
+        let mut pool = PagePool::new(2, 4 * KV_PAGE - 5, true);
+        assert_eq!(pool.pages(), 4);
+        assert!(pool.reserve(&Step::single(0, &[0; 40], 0)).unwrap());
+        assert!(pool.reserve(&Step::single(1, &[0; 10], 0)).unwrap());
+        assert_eq!(pool.free_pages(), 1);
+        assert_eq!(pool.flat_tables(3), [0, 1, 0, 2, 0, 0]);
+        // Growing inside its last page takes nothing.
+        assert!(!pool.reserve(&Step::single(1, &[0; 5], 10)).unwrap());
+        assert_eq!(pool.pages_needed(0, 3 * KV_PAGE), 1);
+        assert!(pool.reserve(&Step::single(0, &[0; 60], 40)).is_err());
+        pool.shrink(0, KV_PAGE);
+        assert_eq!(pool.free_pages(), 2);
+        pool.reserve(&Step::single(1, &[0; 60], 15)).unwrap();
+        assert_eq!(pool.flat_tables(3), [0, 0, 0, 2, 1, 3]);
+    }
+
+    #[test]
+    fn a_model_without_full_attention_takes_no_pages() {
+        let mut pool = PagePool::new(1, 1000, false);
+        assert_eq!(pool.pages_needed(0, 500), 0);
+        assert!(!pool.reserve(&Step::single(0, &[0; 100], 0)).unwrap());
+    }
+
+    #[test]
+    fn the_wgsl_page_layout_matches() {
+        let wgsl = include_str!("../../../shaders/kv_pages.wgsl");
+        assert!(wgsl.contains(&format!("const KV_PAGE: u32 = {KV_PAGE}u;")));
+        let tables = super::super::wgpu::MAX_STEP_TOKENS;
+        assert!(wgsl.contains(&format!("const PAGE_TABLES: u32 = {tables}u;")));
+    }
+}
