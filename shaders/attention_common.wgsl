@@ -19,8 +19,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+// Pairs of neighbouring values (kv_f16.wgsl or kv_f32.wgsl): element i of a cache is half i % 2 of pair
+// i / 2; kv_dim and head_dim are even.
+@group(0) @binding(2) var<storage, read> k_cache: array<KvPair>;
+@group(0) @binding(3) var<storage, read> v_cache: array<KvPair>;
 @group(0) @binding(4) var<storage, read> positions: array<u32>;
 @group(0) @binding(5) var<storage, read> seqs: array<u32>;
 
@@ -69,8 +71,9 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
         if (j <= last) {
             let base = kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset;
             var dot = 0.0;
-            for (var e = 0u; e < hd; e++) {
-                dot += q_row[e] * k_cache[base + e];
+            for (var e = 0u; e < hd; e += 2u) {
+                let key = kv_load(k_cache[(base + e) / 2u]);
+                dot += q_row[e] * key.x + q_row[e + 1u] * key.y;
             }
             s = dot * p.scale;
         }
@@ -93,7 +96,7 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
             for (var c = 0u; c < 4u; c++) {
                 let d = lid + c * 64u;
                 if (d < hd) {
-                    state.acc[c] += weight * v_cache[base + d];
+                    state.acc[c] += weight * v_value(base + d);
                 }
             }
         }
@@ -101,4 +104,10 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
         workgroupBarrier();
     }
     return state;
+}
+
+// Element i of the V cache.
+fn v_value(i: u32) -> f32 {
+    let pair = kv_load(v_cache[i / 2u]);
+    return select(pair.x, pair.y, (i & 1u) == 1u);
 }

@@ -56,19 +56,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let row_first = first_visible(pos);
     let last = p0 + n_rows - 1u;
     for (var j0 = first_visible(p0); j0 <= last; j0 += KEYS) {
-        for (var e = lid; e < KEYS * hd; e += 64u) {
+        // A pair of neighbouring dimensions per thread and pass: one KV pair of K and of V.
+        for (var e = 2u * lid; e < KEYS * hd; e += 128u) {
             let key = e / hd;
             let d = e % hd;
             let j = j0 + key;
-            var kv = 0.0;
-            var vv = 0.0;
+            var kv = vec2<f32>(0.0);
+            var vv = vec2<f32>(0.0);
             if (j <= last) {
-                let at = kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset + d;
-                kv = k_cache[at];
-                vv = v_cache[at];
+                let at = (kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset + d) / 2u;
+                kv = kv_load(k_cache[at]);
+                vv = kv_load(v_cache[at]);
             }
-            k_tile[key * MAX_DIM + d] = kv;
-            v_tile[key * MAX_DIM + d] = vv;
+            k_tile[key * MAX_DIM + d] = kv.x;
+            k_tile[key * MAX_DIM + d + 1u] = kv.y;
+            v_tile[key * MAX_DIM + d] = vv.x;
+            v_tile[key * MAX_DIM + d + 1u] = vv.y;
         }
         workgroupBarrier();
         for (var key = 0u; key < KEYS; key++) {

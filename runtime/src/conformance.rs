@@ -479,6 +479,14 @@ fn select_rows_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
     be.read(&y)
 }
 
+/// Random K or V rows that f16 holds exactly: the wgpu cache keeps f16, the CPU reference f32, and the
+/// cases check the kernels' indexing and arithmetic, not that rounding (the golden tests show its effect).
+fn kv_values(r: &mut Rng, rows: usize, kv_dim: usize) -> HostTensor {
+    let mut t = r.tensor(&[rows, kv_dim], 1.0);
+    t.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32());
+    t
+}
+
 /// 11 prefill tokens of sequence 0, then its decode token beside 6 prefill tokens of sequence 1.
 fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec) -> Result<Vec<f32>> {
     attention_steps_case(be, r, spec, 11, 6)
@@ -497,8 +505,8 @@ fn attention_steps_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, a: 
     for step in steps(a, b) {
         let t = step.len();
         let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
-        let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
-        let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let k_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
+        let v_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
         let rows: Vec<u32> = (0..t as u32).collect();
         be.begin_step(&Step {
             tokens: rows,
@@ -567,8 +575,8 @@ fn attention_decode_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, le
     for step in steps {
         let t = step.len();
         let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
-        let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
-        let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let k_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
+        let v_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
         be.begin_step(&Step {
             tokens: (0..t as u32).collect(),
             ..step.clone()
@@ -626,8 +634,8 @@ fn attention_paged_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>>
         }
         let t = step.len();
         let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
-        let k_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
-        let v_table = be.upload_matrix(r.tensor(&[t, spec.kv_dim()], 1.0), Precision::Full)?;
+        let k_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
+        let v_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
         be.begin_step(&Step {
             tokens: (0..t as u32).collect(),
             ..step.clone()

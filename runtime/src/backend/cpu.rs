@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::kv_pages::PagePool;
-use super::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
+use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
@@ -33,6 +33,8 @@ impl CpuTensor {
 
 pub struct CpuBackend {
     dtype: WeightDtype,
+    /// f32 unless told: the reference. f16 rounds each cached value as the GPU cache keeps it.
+    kv_dtype: KvDtype,
     step: Step,
     /// Some while routing is traced.
     routing: Option<Vec<LayerRouting>>,
@@ -43,10 +45,17 @@ impl CpuBackend {
     pub fn new(dtype: WeightDtype) -> Self {
         CpuBackend {
             dtype,
+            kv_dtype: KvDtype::F32,
             step: Step::default(),
             routing: None,
             weight_bytes: 0,
         }
+    }
+
+    /// Keeps cached K and V values as `kv` would (the comparison for a GPU cache in that dtype).
+    pub fn with_kv_dtype(mut self, kv: KvDtype) -> Self {
+        self.kv_dtype = kv;
+        self
     }
 
     /// Rounds `w` to what `dtype` keeps (the weights stay f32 here).
@@ -303,8 +312,9 @@ impl Backend for CpuBackend {
 
     fn describe(&self) -> String {
         format!(
-            "cpu ({} weights, f32 compute, {} threads)",
+            "cpu ({} weights, f32 compute, {} KV, {} threads)",
             self.dtype.name(),
+            self.kv_dtype.name(),
             rayon::current_num_threads()
         )
     }
@@ -424,10 +434,11 @@ impl Backend for CpuBackend {
             .as_mut()
             .expect("validated: the KV source layer owns a cache");
         if let Some((k, v)) = kv {
+            let kv_dtype = self.kv_dtype;
             for r in 0..self.step.len() {
                 let s = &mut seqs[self.step.seqs[r]];
-                s.k.extend_from_slice(k.row(r));
-                s.v.extend_from_slice(v.row(r));
+                s.k.extend(k.row(r).iter().map(|&x| kv_dtype.round(x)));
+                s.v.extend(v.row(r).iter().map(|&x| kv_dtype.round(x)));
             }
         }
         let seqs = &*seqs;

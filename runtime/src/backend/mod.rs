@@ -90,6 +90,46 @@ impl WeightDtype {
     }
 }
 
+/// How a backend keeps cached K and V values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    /// The GPU default: half the memory and bandwidth of f32 (`spec::KV_BYTES_PER_ELEMENT`).
+    F16,
+}
+
+impl KvDtype {
+    pub fn parse(name: &str) -> Result<KvDtype> {
+        match name {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            other => crate::bail!("unknown KV dtype `{other}` (expected f16 or f32)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// `x` as this dtype holds it.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            KvDtype::F32 => x,
+            KvDtype::F16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
+}
+
 /// How precisely a matrix is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {

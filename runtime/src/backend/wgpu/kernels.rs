@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::backend::KvDtype;
+
 /// How a weight matrix is stored on the device; picks the `w_at` prelude a kernel is built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
@@ -229,6 +231,14 @@ impl Op {
         }
     }
 
+    /// Ops built with the KV format prelude.
+    fn uses_kv_cache(self) -> bool {
+        matches!(
+            self,
+            Op::KvWrite | Op::Attention | Op::AttentionSplit | Op::AttentionMerge | Op::AttentionTiled
+        )
+    }
+
     /// Ops built with a `sum16_over_64` prelude.
     fn sums_over_workgroup(self) -> bool {
         matches!(self, Op::Matmul)
@@ -256,15 +266,22 @@ pub struct Kernel {
 
 pub struct Kernels {
     features: KernelFeatures,
+    /// How the KV cache kernels store values (`kv_f16.wgsl` or `kv_f32.wgsl`).
+    kv: KvDtype,
     built: HashMap<(Op, Option<WeightFormat>), Arc<Kernel>>,
 }
 
 impl Kernels {
-    pub fn new(features: KernelFeatures) -> Kernels {
+    pub fn new(features: KernelFeatures, kv: KvDtype) -> Kernels {
         Kernels {
             features,
+            kv,
             built: HashMap::new(),
         }
+    }
+
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv
     }
 
     pub fn features(&self) -> KernelFeatures {
@@ -278,10 +295,10 @@ impl Kernels {
             None
         };
         let next_id = self.built.len() as u32;
-        let features = self.features;
+        let (features, kv) = (self.features, self.kv);
         self.built
             .entry((op, format))
-            .or_insert_with(|| Arc::new(build(device, op, format, features, next_id)))
+            .or_insert_with(|| Arc::new(build(device, op, format, features, kv, next_id)))
             .clone()
     }
 
@@ -327,7 +344,14 @@ impl Kernels {
     }
 }
 
-fn build(device: &wgpu::Device, op: Op, format: Option<WeightFormat>, features: KernelFeatures, id: u32) -> Kernel {
+fn build(
+    device: &wgpu::Device,
+    op: Op,
+    format: Option<WeightFormat>,
+    features: KernelFeatures,
+    kv: KvDtype,
+    id: u32,
+) -> Kernel {
     let (body, entry, access) = op.source();
     // The weight prelude first (`enable f16;` must open the module), then code shared between kernels.
     let mut parts: Vec<&str> = format.map(|f| f.prelude(features)).into_iter().collect();
@@ -336,6 +360,12 @@ fn build(device: &wgpu::Device, op: Op, format: Option<WeightFormat>, features: 
             include_str!("../../../../shaders/reduce_subgroup.wgsl")
         } else {
             include_str!("../../../../shaders/reduce_workgroup.wgsl")
+        });
+    }
+    if op.uses_kv_cache() {
+        parts.push(match kv {
+            KvDtype::F16 => include_str!("../../../../shaders/kv_f16.wgsl"),
+            KvDtype::F32 => include_str!("../../../../shaders/kv_f32.wgsl"),
         });
     }
     parts.extend(op.shared());

@@ -8,7 +8,8 @@
 //! the shapes have been seen); kernel parameters go through one uniform ring with dynamic offsets; bind
 //! groups are cached by the buffers they bind. KV caches are allocated at start-up: sliding layers hold a
 //! ring of `window + MAX_STEP_TOKENS` positions per slot, full layers one pool of pages shared by all slots
-//! (`kv_pages.rs`), KV-reusing layers nothing (they bind their source layer's buffers).
+//! (`kv_pages.rs`), KV-reusing layers nothing (they bind their source layer's buffers). K and V are kept
+//! in f16 (`KvDtype`), pairs packed in u32 words that any adapter reads; f32 on request.
 
 pub mod gpu;
 pub mod kernels;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::kv_pages::{PagePool, KV_PAGE};
-use super::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
+use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::bail;
 use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
@@ -31,6 +32,7 @@ use kernels::{Kernel, KernelFeatures, Kernels, Op, WeightFormat, PARAMS_STRIDE};
 
 /// Most tokens one step may hold (the prefill chunk of `generate`).
 pub const MAX_STEP_TOKENS: usize = crate::generate::PREFILL_CHUNK;
+
 /// Largest head_dim the attention kernel holds in shared memory.
 const MAX_HEAD_DIM: usize = 256;
 /// Split attention: steps of at most this many query rows (decode), over visible ranges longer than
@@ -268,7 +270,7 @@ impl WgpuBackend {
             dummy: make(16, STORAGE),
             next_id,
             gpu,
-            kernels: Kernels::new(features),
+            kernels: Kernels::new(features, KvDtype::F16),
             dtype,
             context,
             pool: Arc::new(Mutex::new(HashMap::new())),
@@ -308,7 +310,13 @@ impl WgpuBackend {
     /// Builds every kernel in its portable form (no subgroups, no shader-f16), as on an adapter without
     /// those features: how the fallbacks are tested on adapters that have them. Call before any op.
     pub fn use_portable_kernels(&mut self) {
-        self.kernels = Kernels::new(KernelFeatures::default());
+        self.kernels = Kernels::new(KernelFeatures::default(), self.kernels.kv_dtype());
+        self.bind_groups.clear();
+    }
+
+    /// Keeps cached K and V in `kv` (f16 unless told) in caches made afterwards. Call before any op.
+    pub fn set_kv_dtype(&mut self, kv: KvDtype) {
+        self.kernels = Kernels::new(self.kernels.features(), kv);
         self.bind_groups.clear();
     }
 
@@ -851,9 +859,10 @@ impl Backend for WgpuBackend {
 
     fn describe(&self) -> String {
         format!(
-            "wgpu on {} ({} weights, f32 compute, kernels: {})",
+            "wgpu on {} ({} weights, f32 compute, {} KV, kernels: {})",
             self.gpu.name(),
             self.dtype.name(),
+            self.kernels.kv_dtype().name(),
             self.kernels.features().describe()
         )
     }
@@ -919,8 +928,9 @@ impl Backend for WgpuBackend {
         let paged = full_kv_dims.clone().next().is_some();
         // The pool's pages must fit one binding in the widest full layer: a smaller default pool, never
         // less than one whole context.
+        let kv_bytes = self.kernels.kv_dtype().bytes();
         let fits = full_kv_dims
-            .map(|d| max as usize / (d * 4) / KV_PAGE * KV_PAGE)
+            .map(|d| max as usize / (d * kv_bytes) / KV_PAGE * KV_PAGE)
             .min()
             .unwrap_or(usize::MAX);
         let pool_tokens = match pool_tokens {
@@ -940,7 +950,13 @@ impl Backend for WgpuBackend {
             }
             let ring = l.attn.window().map(|w| (w + MAX_STEP_TOKENS).min(context));
             let rows = ring.map_or(pages.pages() * KV_PAGE, |r| slots * r);
-            let bytes = (rows * l.attn.kv_dim() * 4) as u64;
+            if l.attn.kv_dim() % 2 != 0 {
+                bail!(
+                    "layer {i}: an odd KV width {} does not pack into f16 pairs",
+                    l.attn.kv_dim()
+                );
+            }
+            let bytes = (rows * l.attn.kv_dim() * kv_bytes) as u64;
             if bytes > max {
                 bail!("layer {i}: its KV ring for {slots} sequence(s) of {} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", ring.unwrap_or(0), self.gpu.name());
             }
@@ -1123,7 +1139,7 @@ impl Backend for WgpuBackend {
         if let Some((k, v)) = kv {
             let params = [k.rows as u32, spec.kv_dim() as u32, ring as u32, pages_per_seq as u32];
             let bufs = [&k.mem.buf.clone(), &v.mem.buf.clone(), &pos, &seqs, &kc, &vc];
-            self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(k.rows * spec.kv_dim()));
+            self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(k.rows * spec.kv_dim() / 2));
         }
         let out = self.tensor(q.rows, spec.q_dim());
         let max_pos = self.step.positions.iter().copied().max().unwrap_or(0);
