@@ -18,6 +18,18 @@ const GPU_CONTEXT: usize = 8192;
 /// Loads `dir` onto the chosen backend with `slots` sequence slots. Weights stay in the checkpoint's own
 /// precision unless `dtype` asks for another.
 pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Result<Box<dyn Session + Send>> {
+    open_with_pool(dir, backend, dtype, slots, None)
+}
+
+/// Like `open`, with the full-attention layers' KV page pool holding `pool_tokens` positions (default: every
+/// slot's whole context, or what the device holds); a smaller pool also bounds the context.
+pub fn open_with_pool(
+    dir: &Path,
+    backend: &str,
+    dtype: Option<&str>,
+    slots: usize,
+    pool_tokens: Option<usize>,
+) -> Result<Box<dyn Session + Send>> {
     let chosen = match backend {
         "auto" => auto(),
         "cpu" | "wgpu" | "cuda" => backend,
@@ -28,13 +40,19 @@ pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Res
         None => Checkpoint::open(dir)?.storage_dtype(),
     };
     match chosen {
-        "cpu" => Ok(Box::new(BackendSession::load(CpuBackend::new(dtype), dir, slots)?)),
+        "cpu" => Ok(Box::new(BackendSession::load_with_pool(
+            CpuBackend::new(dtype),
+            dir,
+            slots,
+            pool_tokens,
+        )?)),
         "wgpu" => {
             let gpu = Gpu::open_default().map_err(|e| e.context("backend wgpu cannot start"))?;
-            Ok(Box::new(BackendSession::load(
+            Ok(Box::new(BackendSession::load_with_pool(
                 WgpuBackend::with_gpu(gpu, dtype, GPU_CONTEXT)?,
                 dir,
                 slots,
+                pool_tokens,
             )?))
         }
         _ => bail!("backend cuda cannot start: {}", volt_cuda::unavailable_reason()),

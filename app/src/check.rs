@@ -4,7 +4,7 @@
 use volt_runtime::backend::wgpu::gpu::{self, Gpu};
 use volt_runtime::backend::wgpu::kernels::{KernelFeatures, Kernels};
 use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::WeightDtype;
+use volt_runtime::backend::{KvDtype, WeightDtype};
 use volt_runtime::{bail, conformance, Result};
 
 use crate::cli::Flags;
@@ -38,15 +38,20 @@ pub fn check(args: &[String]) -> Result<()> {
             if variants[0] != KernelFeatures::default() {
                 variants.push(KernelFeatures::default());
             }
-            for features in variants {
-                let built = Kernels::new(features).build_all(&gpu.device);
+            // Each form once with each KV cache dtype.
+            let forms = variants
+                .iter()
+                .flat_map(|&f| [KvDtype::F16, KvDtype::F32].map(|kv| (f, kv)));
+            for (features, kv) in forms {
+                let built = Kernels::new(features, kv).build_all(&gpu.device);
                 let status = gpu.check();
                 for (op, format) in &built {
                     println!(
-                        "{name:<48} {:<14} {:<5} {:<22} {}",
+                        "{name:<48} {:<14} {:<5} {:<22} {:<6} {}",
                         format!("{op:?}"),
                         format.map(|f| format!("{f:?}").to_lowercase()).unwrap_or("-".into()),
                         features.describe(),
+                        format!("{} KV", kv.name()),
                         if status.is_ok() { "compiled" } else { "FAILED" }
                     );
                 }

@@ -108,7 +108,7 @@ fn help(command: &str) -> Result<&'static str> {
         "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
         "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
         "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
-        "serve" => "volt serve [--model DIR] [--host 127.0.0.1] [--port 8080] [--slots N] [--backend B] [--dtype D]",
+        "serve" => "volt serve [--model DIR] [--host 127.0.0.1] [--port 8080] [--slots N] [--kv-pool TOKENS] [--backend B] [--dtype D]",
         other => bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench, serve)"),
     })
 }

@@ -36,7 +36,11 @@ struct Server {
 }
 
 pub fn serve(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["model", "host", "port", "backend", "dtype", "slots"], &[])?;
+    let flags = Flags::parse(
+        args,
+        &["model", "host", "port", "backend", "dtype", "slots", "kv-pool"],
+        &[],
+    )?;
     let dir = crate::model_path(flags.str("model"))?;
     let Some(tokenizer) = Tokenizer::from_dir(&dir)? else {
         bail!("{} has no tokenizer.json: the server takes text", dir.display())
@@ -48,7 +52,10 @@ pub fn serve(args: &[String]) -> Result<()> {
     if slots == 0 {
         bail!("--slots must be at least 1");
     }
-    let session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), slots)?;
+    let pool_tokens: Option<usize> = flags.get("kv-pool")?;
+    let backend = flags.str("backend").unwrap_or("auto");
+    let session = backends::open_with_pool(&dir, backend, flags.str("dtype"), slots, pool_tokens)?;
+    let pool = session.pool_pages() * volt_runtime::backend::kv_pages::KV_PAGE;
     let eos = gen::eos_ids(&dir, session.spec(), Some(&tokenizer));
     let describe = session.describe();
     let (context, vocab) = (session.context(), session.spec().vocab_size);
@@ -79,8 +86,8 @@ pub fn serve(args: &[String]) -> Result<()> {
             .map_err(|e| Error::msg(format!("cannot listen on {host}:{port}: {e}")))?;
         let addr = listener.local_addr().map_err(|e| Error::msg(e.to_string()))?;
         println!(
-            "volt serve: http://{addr}/v1 ({}, {describe}, {slots} slots)",
-            server.model
+            "volt serve: http://{addr}/v1 ({}, {describe}, {slots} slots, context {}, KV pool {pool} tokens)",
+            server.model, server.context
         );
         axum::serve(listener, app)
             .await
@@ -115,6 +122,7 @@ async fn health(State(s): State<Arc<Server>>) -> Response {
         "queued": st.queued,
         "completed": st.completed,
         "cancelled": st.cancelled,
+        "preempted": st.preempted,
     }))
 }
 
