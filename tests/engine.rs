@@ -116,7 +116,14 @@ fn batched_generation_gives_the_tokens_of_one_at_a_time() {
                     "{backend} {fixture} request {i}: streamed tokens"
                 );
             }
-            println!("{backend} {fixture}: 6 requests on 3 slots match one-at-a-time greedy");
+            let ahead = engine.stats().prepared_ahead;
+            if backend == "wgpu" {
+                // Decode steps are recorded while the step before them runs.
+                assert!(ahead > 0, "{fixture}: no step was prepared ahead on wgpu");
+            }
+            println!(
+                "{backend} {fixture}: 6 requests on 3 slots match one-at-a-time greedy ({ahead} steps prepared ahead)"
+            );
         }
     }
 }
@@ -167,6 +174,48 @@ fn a_full_kv_pool_makes_sequences_wait_or_yield_without_changing_a_token() {
                 stats.preempted
             );
         }
+    }
+}
+
+#[test]
+fn a_step_longer_than_one_submission_is_recorded_again_with_its_tokens() {
+    // Weights split into many parts make a step's dispatches outgrow the params ring, so part of a step
+    // is submitted while it is recorded and its late tokens cannot be filled in: it is recorded again.
+    if gpu::adapters().is_empty() {
+        println!("SKIP: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    }
+    let dir = fixtures_root().join("qwen3_fp8");
+    let split = || {
+        let mut wgpu = WgpuBackend::with_gpu(Gpu::open_default().unwrap(), WeightDtype::F32, 1024).unwrap();
+        wgpu.limit_binding(4096);
+        Box::new(BackendSession::load(wgpu, &dir, 2).unwrap()) as Box<dyn Session + Send>
+    };
+    let mut alone = split();
+    let vocab = alone.spec().vocab_size;
+    let prompts = prompts(&[9, 14], vocab);
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            generate(alone.as_mut(), 0, p, None, &[], &greedy(8), |_| {})
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    let engine = Engine::start(split(), None, vec![]);
+    let pending: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .submit(Request {
+                    prompt: p.clone(),
+                    options: greedy(8),
+                })
+                .1
+        })
+        .collect();
+    for (i, events) in pending.into_iter().enumerate() {
+        assert_eq!(finish(events).1.tokens, expected[i], "request {i}");
     }
 }
 

@@ -123,6 +123,7 @@ async fn health(State(s): State<Arc<Server>>) -> Response {
         "completed": st.completed,
         "cancelled": st.cancelled,
         "preempted": st.preempted,
+        "prepared_ahead": st.prepared_ahead,
     }))
 }
 

@@ -10,7 +10,14 @@
 //! free takes one back from the cached prefixes of idle slots, else preempts the youngest running
 //! sequence: its KV is dropped and it waits at the head of the queue, then resumes by prefilling its prompt
 //! and the tokens it had generated, continuing its stream and sampler where they were (vLLM's recompute
-//! preemption). One sequence always fits: the pool holds at least one whole context.
+//! preemption). One sequence always fits: a pool smaller than the model's context bounds the context.
+//!
+//! Asynchronous: while the device runs step n, the scheduler plans step n+1 and the session records it
+//! (`Session::prepare`), each decoding sequence's row holding a placeholder for the token step n is
+//! choosing. Then it collects step n's ids, streams them, fills them into step n+1 (`launch`) and starts
+//! it, so the device waits only for that short hand-over, not for the recording. A sequence that ends at
+//! step n has computed one discarded token in step n+1. On the CPU reference `prepare` only keeps the step
+//! and the same order runs without the overlap.
 //!
 //! Prefix reuse: a slot keeps the tokens of its last sequence after it ends, so a request that starts with
 //! them (the next turn of a chat, a shared system prompt) continues from the cached KV and prefills only
@@ -27,7 +34,7 @@ use std::thread::JoinHandle;
 use crate::backend::Step;
 use crate::error::Result;
 use crate::generate::{check_request, FinishReason, GenerateOptions, SequenceOutput, PREFILL_CHUNK};
-use crate::sampler::{Pick, Sampler};
+use crate::sampler::{Sampler, SamplingParams};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
@@ -73,6 +80,8 @@ pub struct Stats {
     pub cancelled: u64,
     /// Times a running sequence gave up its KV for an older one (it resumes later).
     pub preempted: u64,
+    /// Steps recorded on the device while the one before them was running.
+    pub prepared_ahead: u64,
 }
 
 #[derive(Default)]
@@ -82,12 +91,20 @@ struct Counters {
     completed: AtomicU64,
     cancelled: AtomicU64,
     preempted: AtomicU64,
+    prepared_ahead: AtomicU64,
 }
 
 enum Control {
     Submit(u64, Request, Sender<Event>),
     Cancel(u64),
     Shutdown,
+}
+
+impl Sequence {
+    /// Tokens including the one the step in flight is choosing for it.
+    fn total(&self) -> usize {
+        self.tokens.len() + self.pending as usize
+    }
 }
 
 /// A handle to the scheduler thread; shareable between threads (e.g. HTTP handlers).
@@ -113,6 +130,7 @@ impl Engine {
             queue: VecDeque::new(),
             preempted: VecDeque::new(),
             running: Vec::new(),
+            in_flight: None,
             slots,
             clock: 0,
         };
@@ -136,6 +154,7 @@ impl Engine {
             completed: c.completed.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
             preempted: c.preempted.load(Ordering::Relaxed),
+            prepared_ahead: c.prepared_ahead.load(Ordering::Relaxed),
         }
     }
 
@@ -178,13 +197,25 @@ struct Sequence {
     age: u64,
     slot: usize,
     events: Sender<Event>,
-    /// Prompt then generated tokens; the first `fed` are in the cache.
+    /// Prompt then generated tokens; the first `fed` positions are in the cache (or in the step prepared).
     tokens: Vec<u32>,
     fed: usize,
+    /// Its next token is being chosen by the step in flight.
+    pending: bool,
     prompt_tokens: usize,
     cached_tokens: usize,
     sampler: Sampler,
     output: SequenceOutput,
+}
+
+/// The rows of a prepared step that `launch` completes.
+#[derive(Default)]
+struct Prepared {
+    logit_rows: Vec<usize>,
+    /// The sequence of each logit row that picks a token (empty when no row does).
+    pickers: Vec<u64>,
+    /// (row, sequence) of rows whose token the step in flight is choosing.
+    late: Vec<(usize, u64)>,
 }
 
 struct Scheduler {
@@ -197,6 +228,8 @@ struct Scheduler {
     /// Sequences that gave up their KV, oldest first; they resume before the queue is served.
     preempted: VecDeque<Sequence>,
     running: Vec<Sequence>,
+    /// The sequences whose tokens the launched step chooses, in pick order.
+    in_flight: Option<Vec<u64>>,
     slots: Vec<Slot>,
     clock: u64,
 }
@@ -205,7 +238,8 @@ impl Scheduler {
     fn run(mut self) {
         loop {
             // Idle: sleep until something arrives; busy: take what has arrived and go on.
-            if self.running.is_empty() && self.queue.is_empty() && self.preempted.is_empty() {
+            let idle = self.running.is_empty() && self.queue.is_empty() && self.preempted.is_empty();
+            if idle && self.in_flight.is_none() {
                 match self.inbox.recv() {
                     Ok(msg) => {
                         if !self.handle(msg) {
@@ -222,18 +256,28 @@ impl Scheduler {
             }
             self.admit();
             self.publish();
-            if !self.running.is_empty() {
-                if let Err(e) = self.step() {
-                    // A failed step leaves the caches unknown: end every running sequence with the error.
-                    for seq in self.running.drain(..) {
-                        let _ = seq.events.send(Event::Error(e.to_string()));
-                        self.session.reset(seq.slot);
-                        self.slots[seq.slot] = Slot::default();
-                    }
+            if let Err(e) = self.step() {
+                // A failed step leaves the caches unknown: end every running sequence with the error.
+                self.in_flight = None;
+                for seq in self.running.drain(..) {
+                    let _ = seq.events.send(Event::Error(e.to_string()));
+                    self.session.reset(seq.slot);
+                    self.slots[seq.slot] = Slot::default();
                 }
-                self.publish();
             }
+            self.publish();
         }
+    }
+
+    /// Prepares the next step while the device runs the one in flight, then collects that one and launches
+    /// the next. Where the session cannot record ahead the order is the same, only without the overlap.
+    fn step(&mut self) -> Result<()> {
+        let next = if self.running.is_empty() { None } else { self.prepare()? };
+        let chosen = self.collect()?;
+        if let Some(next) = next {
+            self.launch(next, &chosen)?;
+        }
+        Ok(())
     }
 
     fn publish(&self) {
@@ -298,6 +342,7 @@ impl Scheduler {
                 slot,
                 events,
                 fed: cached,
+                pending: false,
                 prompt_tokens: prompt.len(),
                 cached_tokens: cached,
                 sampler: Sampler::new(request.options.sampling.clone()),
@@ -339,7 +384,7 @@ impl Scheduler {
         let outstanding: usize = self
             .running
             .iter()
-            .map(|s| self.session.pages_needed(s.slot, s.tokens.len()))
+            .map(|s| self.session.pages_needed(s.slot, s.total()))
             .sum();
         if !self.reclaim(outstanding + self.session.pages_needed(slot, tokens.len()), Some(slot)) {
             return None;
@@ -387,7 +432,7 @@ impl Scheduler {
     /// caches are reclaimed, then the youngest sequences preempted. Prefill chunks fill the rest of the
     /// token budget with the pages left.
     fn plan(&mut self) -> Vec<usize> {
-        let decoding = |s: &Sequence| s.tokens.len() - s.fed == 1;
+        let decoding = |s: &Sequence| s.total() - s.fed == 1;
         self.running.sort_by_key(|s| s.age);
         // Pages the sequences planned so far will take.
         let mut promised = 0;
@@ -395,7 +440,7 @@ impl Scheduler {
         while i < self.running.len() {
             let seq = &self.running[i];
             if decoding(seq) {
-                let need = self.session.pages_needed(seq.slot, seq.tokens.len());
+                let need = self.session.pages_needed(seq.slot, seq.total());
                 if !self.reclaim(promised + need, None) {
                     // The youngest gives way (this sequence itself when it is the youngest).
                     self.preempt(self.running.len() - 1);
@@ -412,7 +457,7 @@ impl Scheduler {
         for i in 0..self.running.len() {
             let seq = &self.running[i];
             let (slot, fed) = (seq.slot, seq.fed);
-            let mut n = (seq.tokens.len() - fed).min(budget);
+            let mut n = (seq.total() - fed).min(budget);
             if !decoding(seq) {
                 let need = self.session.pages_needed(slot, fed + n);
                 if need > 0 && !self.reclaim(promised + need, None) {
@@ -433,46 +478,100 @@ impl Scheduler {
         plan
     }
 
-    /// One step: every decoding sequence's next token, then prefill chunks within the token budget.
-    fn step(&mut self) -> Result<()> {
+    /// Plans and prepares the next step (`plan`): every running sequence's rows, where a sequence whose
+    /// token is still being chosen by the step in flight gets a late row, filled in at `launch`.
+    fn prepare(&mut self) -> Result<Option<Prepared>> {
         let plan = self.plan();
+        let mut prepared = Prepared::default();
         let mut step = Step::default();
-        let mut rows = Vec::new();
-        let mut picks: Vec<Pick> = Vec::new();
-        let mut choosers = Vec::new();
-        for (i, (seq, &n)) in self.running.iter_mut().zip(&plan).enumerate() {
+        for (seq, &n) in self.running.iter_mut().zip(&plan) {
             if n == 0 {
                 continue;
             }
-            for (j, &t) in seq.tokens[seq.fed..seq.fed + n].iter().enumerate() {
-                step.tokens.push(t);
-                step.positions.push(seq.fed + j);
+            for pos in seq.fed..seq.fed + n {
+                let token = match seq.tokens.get(pos) {
+                    Some(&t) => t,
+                    None => {
+                        prepared.late.push((step.len(), seq.id));
+                        0
+                    }
+                };
+                step.tokens.push(token);
+                step.positions.push(pos);
                 step.seqs.push(seq.slot);
             }
-            if seq.fed + n == seq.tokens.len() {
-                rows.push(step.len() - 1);
-                picks.push(seq.sampler.pick(&seq.tokens));
-                choosers.push(i);
+            if seq.fed + n == seq.total() {
+                prepared.logit_rows.push(step.len() - 1);
+                prepared.pickers.push(seq.id);
             }
-        }
-        if step.is_empty() {
-            return Ok(());
-        }
-        let ids = if rows.is_empty() {
-            // Only prefill chunks that end mid-prompt: no token is chosen this step.
-            self.session.forward(&step, &[step.len() - 1])?;
-            Vec::new()
-        } else {
-            self.session.forward_pick(&step, &rows, &picks)?
-        };
-        for (seq, n) in self.running.iter_mut().zip(&plan) {
-            let slot = &mut self.slots[seq.slot];
-            slot.tokens.extend_from_slice(&seq.tokens[seq.fed..seq.fed + n]);
+            // The slot holds what the step writes; a late token joins when it is known.
+            let known = (seq.fed + n).min(seq.tokens.len());
+            self.slots[seq.slot]
+                .tokens
+                .extend_from_slice(&seq.tokens[seq.fed.min(known)..known]);
             seq.fed += n;
         }
-        let mut ended = Vec::new();
-        for (&i, &id) in choosers.iter().zip(&ids) {
-            let seq = &mut self.running[i];
+        if step.is_empty() {
+            return Ok(None);
+        }
+        if prepared.logit_rows.is_empty() {
+            // Only prefill chunks that end mid-prompt: no token is chosen, but a step needs one logit row.
+            prepared.logit_rows.push(step.len() - 1);
+        }
+        self.session.prepare(&step, &prepared.logit_rows)?;
+        if self.in_flight.is_some() && self.session.records_ahead() {
+            self.counters.prepared_ahead.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(prepared))
+    }
+
+    /// Starts a prepared step: late rows get the ids just chosen, pick rows their sampler's draw (a
+    /// sequence that ended meanwhile computes one discarded token).
+    fn launch(&mut self, prepared: Prepared, chosen: &[(u64, u32)]) -> Result<()> {
+        let id_of = |seq: u64| chosen.iter().find(|(s, _)| *s == seq).map_or(0, |&(_, id)| id);
+        let fills: Vec<(usize, u32)> = prepared.late.iter().map(|&(row, seq)| (row, id_of(seq))).collect();
+        let mut picks = Vec::with_capacity(prepared.pickers.len());
+        for &id in &prepared.pickers {
+            match self.running.iter_mut().find(|s| s.id == id) {
+                Some(seq) => {
+                    picks.push(seq.sampler.pick(&seq.tokens));
+                    seq.pending = true;
+                }
+                None => picks.push(Sampler::new(SamplingParams::greedy()).pick(&[])),
+            }
+        }
+        if prepared.pickers.is_empty() {
+            picks.clear();
+        }
+        self.session.launch(&fills, &picks)?;
+        self.in_flight = Some(prepared.pickers);
+        Ok(())
+    }
+
+    /// Waits for the step in flight and hands each chosen id to its sequence: streamed, and the sequence
+    /// ended on a stop or a receiver gone. Returns (sequence, id) for the late rows of a prepared step.
+    fn collect(&mut self) -> Result<Vec<(u64, u32)>> {
+        let Some(pickers) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        let ids = self.session.collect()?;
+        let chosen: Vec<(u64, u32)> = pickers.iter().copied().zip(ids).collect();
+        for &(seq_id, id) in &chosen {
+            // A sequence preempted meanwhile still takes its token: the step ran on its cache.
+            let (running, at) = match self.running.iter().position(|s| s.id == seq_id) {
+                Some(i) => (true, i),
+                None => match self.preempted.iter().position(|s| s.id == seq_id) {
+                    Some(i) => (false, i),
+                    // Cancelled.
+                    None => continue,
+                },
+            };
+            let seq = if running {
+                &mut self.running[at]
+            } else {
+                &mut self.preempted[at]
+            };
+            seq.pending = false;
             let kept_before = seq.output.tokens.len();
             let (text, finish) = seq.output.push(id)?;
             // An end-of-sequence id is not part of the output; text it releases still is.
@@ -482,19 +581,25 @@ impl Scheduler {
                 (!text.is_empty()).then_some(Event::Text(text))
             };
             let delivered = event.is_none_or(|e| seq.events.send(e).is_ok());
-            if !delivered {
-                // The receiver is gone: the client stopped listening.
-                ended.push((i, None));
-            } else if finish.is_some() {
-                ended.push((i, finish));
-            } else {
+            // Some(None): the receiver is gone, the client stopped listening.
+            let ended = if delivered { finish.map(Some) } else { Some(None) };
+            let Some(ended) = ended else {
                 seq.tokens.push(id);
-            }
-        }
-        ended.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
-        for (i, finish) in ended {
-            let seq = self.running.swap_remove(i);
-            match finish {
+                if running && seq.fed == seq.tokens.len() {
+                    // Its late row in the prepared step holds this token.
+                    self.slots[seq.slot].tokens.push(id);
+                }
+                continue;
+            };
+            let seq = if running {
+                self.running.remove(at)
+            } else {
+                self.preempted.remove(at).expect("found above")
+            };
+            match ended {
+                None => {
+                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(finish) => {
                     // Counted first, so whoever receives `Done` sees it in `stats`.
                     self.counters.completed.fetch_add(1, Ordering::Relaxed);
@@ -506,13 +611,12 @@ impl Scheduler {
                         cached_tokens: seq.cached_tokens,
                     }));
                 }
-                None => {
-                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                }
             }
-            self.release(&seq);
+            if running {
+                self.release(&seq);
+            }
         }
-        Ok(())
+        Ok(chosen)
     }
 
     /// Frees a sequence's slot; the slot keeps its cached tokens for a later request to continue.

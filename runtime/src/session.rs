@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::backend::{Backend, KvCache, LayerRouting, Precision, Step};
+use crate::bail;
 use crate::error::Result;
 use crate::model::Model;
 use crate::sampler::Pick;
@@ -17,7 +18,21 @@ pub trait Session {
     fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>>;
     /// Runs a step and chooses a token for each of `logit_rows` (`picks` in the same order); only the ids
     /// leave the device.
-    fn forward_pick(&mut self, step: &Step, logit_rows: &[usize], picks: &[Pick]) -> Result<Vec<u32>>;
+    fn forward_pick(&mut self, step: &Step, logit_rows: &[usize], picks: &[Pick]) -> Result<Vec<u32>> {
+        self.prepare(step, logit_rows)?;
+        self.launch(&[], picks)?;
+        self.collect()
+    }
+    /// `forward_pick` in three parts, so the caller can prepare the next step while the device runs this
+    /// one: `prepare` records the step (on a backend that records ahead; otherwise it only keeps it), with
+    /// the tokens of some rows still unknown; `launch` fills those in (row, id) and starts the step with a
+    /// pick per logit row; `collect` waits for the chosen ids. At most one step is launched at a time.
+    fn prepare(&mut self, step: &Step, logit_rows: &[usize]) -> Result<()>;
+    fn launch(&mut self, fills: &[(usize, u32)], picks: &[Pick]) -> Result<()>;
+    fn collect(&mut self) -> Result<Vec<u32>>;
+    /// Whether `prepare` records on the device ahead of `launch` (the overlap is real), or only keeps
+    /// the step (the CPU reference).
+    fn records_ahead(&self) -> bool;
     /// Tokens cached for a sequence slot.
     fn seq_len(&self, slot: usize) -> usize;
     fn reset(&mut self, slot: usize);
@@ -47,6 +62,22 @@ pub struct BackendSession<B: Backend> {
     backend: B,
     model: Model<B>,
     cache: B::Cache,
+    prepared: Option<Prepared<B>>,
+    launched: Option<Launched<B>>,
+}
+
+/// A step `prepare` took: its logits when the backend recorded it ahead.
+struct Prepared<B: Backend> {
+    step: Step,
+    logit_rows: Vec<usize>,
+    logits: Option<B::Tensor>,
+}
+
+/// A launched step: its logits stay alive until its ids are collected.
+struct Launched<B: Backend> {
+    logits: B::Tensor,
+    picks: Vec<Pick>,
+    ids: Option<Vec<u32>>,
 }
 
 impl<B: Backend> BackendSession<B> {
@@ -58,7 +89,13 @@ impl<B: Backend> BackendSession<B> {
     pub fn load_with_pool(mut backend: B, dir: &Path, slots: usize, pool_tokens: Option<usize>) -> Result<Self> {
         let model = Model::load(&mut backend, dir)?;
         let cache = backend.new_cache(&model.spec, slots, pool_tokens)?;
-        Ok(BackendSession { backend, model, cache })
+        Ok(BackendSession {
+            backend,
+            model,
+            cache,
+            prepared: None,
+            launched: None,
+        })
     }
 
     pub fn cache(&self) -> &B::Cache {
@@ -86,12 +123,68 @@ impl<B: Backend> Session for BackendSession<B> {
         self.backend.read(&logits)
     }
 
-    fn forward_pick(&mut self, step: &Step, logit_rows: &[usize], picks: &[Pick]) -> Result<Vec<u32>> {
-        debug_assert_eq!(logit_rows.len(), picks.len());
-        let logits = self
-            .model
-            .forward(&mut self.backend, &mut self.cache, step, logit_rows)?;
-        self.backend.pick(&logits, picks)
+    fn prepare(&mut self, step: &Step, logit_rows: &[usize]) -> Result<()> {
+        self.prepared = None;
+        let logits = if self.backend.records_ahead() {
+            Some(
+                self.model
+                    .forward(&mut self.backend, &mut self.cache, step, logit_rows)?,
+            )
+        } else {
+            None
+        };
+        self.prepared = Some(Prepared {
+            step: step.clone(),
+            logit_rows: logit_rows.to_vec(),
+            logits,
+        });
+        Ok(())
+    }
+
+    fn launch(&mut self, fills: &[(usize, u32)], picks: &[Pick]) -> Result<()> {
+        let Some(prepared) = self.prepared.take() else {
+            bail!("launch without a prepared step");
+        };
+        let logits = match prepared.logits {
+            Some(logits) if self.backend.fill_tokens(fills) => logits,
+            // Not recorded yet, or part of it already ran with the unknown tokens: record it whole now
+            // (it rewrites the same cache positions).
+            recorded => {
+                if recorded.is_some() {
+                    // The first recording moved the cache on: back to where the step starts.
+                    for (&slot, &pos) in prepared.step.seqs.iter().zip(&prepared.step.positions).rev() {
+                        self.cache.truncate(slot, pos);
+                    }
+                }
+                let mut step = prepared.step;
+                for &(row, id) in fills {
+                    step.tokens[row] = id;
+                }
+                let rows = &prepared.logit_rows;
+                self.model.forward(&mut self.backend, &mut self.cache, &step, rows)?
+            }
+        };
+        let ids = self.backend.submit_pick(&logits, picks)?;
+        self.launched = Some(Launched {
+            logits,
+            picks: picks.to_vec(),
+            ids,
+        });
+        Ok(())
+    }
+
+    fn collect(&mut self) -> Result<Vec<u32>> {
+        let Some(launched) = self.launched.take() else {
+            bail!("collect without a launched step");
+        };
+        match launched.ids {
+            Some(ids) => Ok(ids),
+            None => self.backend.collect_pick(&launched.logits, &launched.picks),
+        }
+    }
+
+    fn records_ahead(&self) -> bool {
+        self.backend.records_ahead()
     }
 
     fn seq_len(&self, slot: usize) -> usize {

@@ -241,6 +241,27 @@ pub trait Backend: WeightTypes + Sized {
             .collect())
     }
 
+    /// Whether the ops only record work until a read, so a step can be recorded before its tokens are all
+    /// known (`fill_tokens`) and the next step recorded while this one runs (`submit_pick`). The CPU
+    /// reference computes as it goes: false.
+    fn records_ahead(&self) -> bool {
+        false
+    }
+    /// Writes the tokens of the listed rows (row, id) into the recorded step before it runs. False when
+    /// part of the step has already run (a step longer than one submission), so it must be recorded again.
+    fn fill_tokens(&mut self, _fills: &[(usize, u32)]) -> bool {
+        false
+    }
+    /// Starts choosing tokens like `pick`: Some(ids) when they are known at once, None when the device is
+    /// still running and `collect_pick` will wait for them.
+    fn submit_pick(&mut self, logits: &Self::Tensor, picks: &[Pick]) -> Result<Option<Vec<u32>>> {
+        self.pick(logits, picks).map(Some)
+    }
+    /// The ids of the last `submit_pick` that returned None, given the same logits and picks.
+    fn collect_pick(&mut self, _logits: &Self::Tensor, _picks: &[Pick]) -> Result<Vec<u32>> {
+        crate::bail!("no token choice is in flight")
+    }
+
     /// Bytes the backend holds for weights, caches and activations.
     fn allocated_bytes(&self) -> u64;
     /// Bytes one stored weight of a matrix kept at `precision` takes (what a decode step streams per parameter).

@@ -230,6 +230,18 @@ pub struct WgpuBackend {
     dedicated: HashMap<&'static str, Arc<GpuBuffer>>,
     /// The cache whose page tables `step_seqs` holds.
     tables_of: Option<u64>,
+    /// Part of the current step was submitted while it was recorded (it outgrew the params ring): its
+    /// tokens can no longer be filled in late.
+    submitted_mid_step: bool,
+    /// The chosen ids on their way back (`submit_pick`).
+    pick_read: Option<PendingRead>,
+}
+
+/// A copy to the staging buffer that was submitted and is being mapped.
+struct PendingRead {
+    size: u64,
+    len: u64,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -287,6 +299,8 @@ impl WgpuBackend {
             dedicated: HashMap::new(),
             step_blocks: 0,
             tables_of: None,
+            submitted_mid_step: false,
+            pick_read: None,
         };
         backend.gpu.check()?;
         Ok(backend)
@@ -418,6 +432,7 @@ impl WgpuBackend {
             if let Err(e) = self.flush() {
                 self.deferred_error.get_or_insert(e);
             }
+            self.submitted_mid_step = true;
         }
         let kernel = self.kernels.get(&self.gpu.device, op, format);
         debug_assert_eq!(kernel.bindings, buffers.len() + 1, "{op:?}: binding count");
@@ -656,11 +671,19 @@ impl WgpuBackend {
         })
     }
 
+    /// Runs what was recorded and reads `len` bytes of `buf` back.
     fn read_bytes(&mut self, buf: &GpuBuffer, len: u64) -> Result<Vec<u8>> {
         self.flush()?;
         if let Some(e) = self.deferred_error.take() {
             return Err(e);
         }
+        let read = self.start_read(buf, len);
+        self.finish_read(read)
+    }
+
+    /// Submits a copy of `len` bytes of `buf` to the staging buffer and starts mapping it. Submits nothing
+    /// else: dispatches recorded since the last flush stay recorded.
+    fn start_read(&mut self, buf: &GpuBuffer, len: u64) -> PendingRead {
         let size = len.max(4).next_multiple_of(4);
         if self.staging.as_ref().is_none_or(|s| s.size() < size) {
             self.staging = Some(self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -677,23 +700,29 @@ impl WgpuBackend {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
         encoder.copy_buffer_to_buffer(&buf.buffer, 0, staging, 0, size);
         self.gpu.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, mapped) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
             let _ = tx.send(r);
         });
+        PendingRead { size, len, mapped }
+    }
+
+    /// Waits for a read to land and returns its bytes.
+    fn finish_read(&mut self, read: PendingRead) -> Result<Vec<u8>> {
         self.gpu
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::msg(format!("waiting for {}: {e}", self.gpu.name())))?;
         self.gpu.check()?;
-        match rx.recv() {
+        match read.mapped.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("reading results back from {}: {e}", self.gpu.name()),
             Err(_) => bail!("reading results back from {}: the device went away", self.gpu.name()),
         }
+        let staging = self.staging.as_ref().expect("a read is in flight");
         let bytes = staging
-            .get_mapped_range(0..size)
-            .map_err(|e| Error::msg(e.to_string()))?[..len as usize]
+            .get_mapped_range(0..read.size)
+            .map_err(|e| Error::msg(e.to_string()))?[..read.len as usize]
             .to_vec();
         staging.unmap();
         Ok(bytes)
@@ -1027,6 +1056,7 @@ impl Backend for WgpuBackend {
         }
         // The step buffers are rewritten below: what an earlier step recorded must run first.
         self.flush()?;
+        self.submitted_mid_step = false;
         let q = &self.gpu.queue;
         q.write_buffer(&self.step_tokens.buffer, 0, bytemuck::cast_slice(&step.tokens));
         let positions: Vec<u32> = step.positions.iter().map(|&p| p as u32).collect();
@@ -1316,6 +1346,29 @@ impl Backend for WgpuBackend {
     }
 
     fn pick(&mut self, logits: &GpuTensor, picks: &[Pick]) -> Result<Vec<u32>> {
+        match self.submit_pick(logits, picks)? {
+            Some(ids) => Ok(ids),
+            None => self.collect_pick(logits, picks),
+        }
+    }
+
+    fn records_ahead(&self) -> bool {
+        true
+    }
+
+    fn fill_tokens(&mut self, fills: &[(usize, u32)]) -> bool {
+        if self.submitted_mid_step {
+            return false;
+        }
+        for &(row, id) in fills {
+            self.gpu
+                .queue
+                .write_buffer(&self.step_tokens.buffer, (row * 4) as u64, bytemuck::bytes_of(&id));
+        }
+        true
+    }
+
+    fn submit_pick(&mut self, logits: &GpuTensor, picks: &[Pick]) -> Result<Option<Vec<u32>>> {
         let (rows, vocab) = (logits.rows, logits.cols);
         let penalized: Vec<u32> = picks.iter().flat_map(|p| p.penalized.iter().copied()).collect();
         let pen = self.dedicated("pick-penalized", (penalized.len() * 4) as u64);
@@ -1347,11 +1400,26 @@ impl Backend for WgpuBackend {
             offset += pick.penalized.len();
             self.dispatch(Op::Sample, None, &params, &[&lb, &pen, &keys, &out], [1, 1, 1]);
         }
-        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_bytes(&out, (rows * 8) as u64)?);
+        self.flush()?;
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
+        self.pick_read = Some(self.start_read(&out, (rows * 8) as u64));
+        Ok(None)
+    }
+
+    fn collect_pick(&mut self, logits: &GpuTensor, picks: &[Pick]) -> Result<Vec<u32>> {
+        let Some(read) = self.pick_read.take() else {
+            bail!("no token choice is in flight");
+        };
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.finish_read(read)?);
         let mut ids: Vec<u32> = words.chunks(2).map(|w| w[0]).collect();
-        // Rows whose kept set may reach past the kernel's 1024 sorted candidates are chosen here.
+        // Rows whose kept set may reach past the kernel's 1024 sorted candidates are chosen here. The read
+        // submits only its copy: a next step may be recorded and waiting for its tokens.
         if words.chunks(2).any(|w| w[1] != 0) {
-            let data = self.read(logits)?;
+            let vocab = logits.cols;
+            let read = self.start_read(&logits.mem.buf.clone(), (logits.rows * vocab * 4) as u64);
+            let data: Vec<f32> = bytemuck::pod_collect_to_vec(&self.finish_read(read)?);
             for (row, w) in words.chunks(2).enumerate() {
                 if w[1] != 0 {
                     ids[row] = picks[row].choose(&data[row * vocab..(row + 1) * vocab]);
