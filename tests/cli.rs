@@ -371,7 +371,9 @@ fn wgpu_backend_gives_the_cpu_logits() {
         .zip(flat(&gpu))
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    assert!(diff < 1e-3, "wgpu and cpu logits differ by {diff}");
+    // wgpu keeps K/V in f16, the CPU reference in f32: that alone moves these logits by 3.5e-3. The
+    // comparisons with f32 KV and 2e-3 are in wgpu_golden.rs.
+    assert!(diff < 1e-2, "wgpu and cpu logits differ by {diff}");
 }
 
 #[test]
