@@ -40,12 +40,14 @@ impl Nvrtc {
         let candidates = candidates();
         let mut tried = Vec::new();
         for path in &candidates {
-            // Bare names go through the dynamic loader's own search (LD_LIBRARY_PATH, ld.so.cache).
-            if path.components().count() > 1 && !path.exists() {
+            let bare = path.components().count() == 1;
+            if !bare && !path.exists() {
                 continue;
             }
             match Nvrtc::open(path) {
                 Ok(n) => return Ok(n),
+                // A bare name that does not load is simply not on the loader's path.
+                Err(_) if bare => {}
                 Err(e) => tried.push(format!("{} ({e})", path.display())),
             }
         }
@@ -61,7 +63,10 @@ impl Nvrtc {
     fn open(path: &Path) -> Result<Nvrtc> {
         // SAFETY: loading NVRTC runs its initialisers only; the symbols are typed as in nvrtc.h.
         unsafe {
-            let lib = Library::new(path).map_err(|e| volt_runtime::error::Error::msg(e.to_string()))?;
+            let lib = Library::new(path).map_err(|e| match std::error::Error::source(&e) {
+                Some(why) => volt_runtime::error::Error::msg(format!("{e}: {why}")),
+                None => volt_runtime::error::Error::msg(e.to_string()),
+            })?;
             macro_rules! sym {
                 ($name:literal) => {
                     *lib.get(concat!($name, "\0").as_bytes())
