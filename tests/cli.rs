@@ -430,9 +430,18 @@ fn cuda_kernels_compile_for_hopper_with_nvrtc_alone() {
     let out = volt(&["check", "--backend", "cuda", "--compile-only"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for kernel in ["gemm_fp8", "linear_fp8", "moe_route", "moe_align", "attention", "rms_norm"] {
+    for kernel in [
+        "gemm_fp8",
+        "linear_fp8",
+        "moe_route",
+        "moe_align",
+        "attention",
+        "rms_norm",
+    ] {
         assert!(
-            stdout.lines().any(|l| l.split_whitespace().nth(1) == Some(kernel) && l.contains("sm_90a  ok")),
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(kernel) && l.contains("sm_90a  ok")),
             "{kernel} not compiled for sm_90a: {stdout}"
         );
     }

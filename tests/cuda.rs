@@ -41,7 +41,12 @@ fn every_kernel_compiles_for_hopper() {
     let reports = compile_all(&nvrtc, HOPPER);
     let failures: Vec<String> = reports
         .iter()
-        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}/{}: {e}", r.module, r.kernel)))
+        .filter_map(|r| {
+            r.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}/{}: {e}", r.module, r.kernel))
+        })
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(reports.iter().any(|r| r.kernel == "gemm_fp8" && r.arch == "sm_90a"));
@@ -57,9 +62,11 @@ fn a_broken_kernel_is_a_one_line_error() {
         }
     };
     let err = nvrtc
-        .compile("broken.cu", "extern \"C\" __global__ void k() { undefined_name(); }", &[
-            "--gpu-architecture=sm_90a".into(),
-        ])
+        .compile(
+            "broken.cu",
+            "extern \"C\" __global__ void k() { undefined_name(); }",
+            &["--gpu-architecture=sm_90a".into()],
+        )
         .err()
         .expect("an undefined name does not compile");
     let msg = err.to_string();
@@ -75,7 +82,15 @@ fn conformance_against_the_cpu_reference() {
     for dtype in WeightDtype::ALL {
         for r in volt_cuda::conformance(dtype).unwrap() {
             if !r.passed() {
-                failures.push(format!("{} {} {}: {} > {} ({})", r.op, r.dtype.name(), r.shape, r.max_err, r.tolerance, r.worst));
+                failures.push(format!(
+                    "{} {} {}: {} > {} ({})",
+                    r.op,
+                    r.dtype.name(),
+                    r.shape,
+                    r.max_err,
+                    r.tolerance,
+                    r.worst
+                ));
             }
         }
     }
@@ -120,7 +135,11 @@ fn fixtures_give_the_cpu_logits() {
                 }
             };
             // FP8 prompts longer than 8 tokens run the GEMM on 1x128-quantized activations.
-            let tol = if dtype == WeightDtype::Fp8 && ids.len() > 8 { 5e-2 } else { 2e-3 };
+            let tol = if dtype == WeightDtype::Fp8 && ids.len() > 8 {
+                5e-2
+            } else {
+                2e-3
+            };
             let worst = reference
                 .iter()
                 .flatten()

@@ -52,7 +52,10 @@ fn compile_all() -> Result<()> {
                     format!("FAILED  {e}")
                 }
             };
-            println!("{:<12} {:<20} {:<7} {outcome}", report.module, report.kernel, report.arch);
+            println!(
+                "{:<12} {:<20} {:<7} {outcome}",
+                report.module, report.kernel, report.arch
+            );
             total += 1;
         }
     }

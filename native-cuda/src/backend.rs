@@ -150,10 +150,18 @@ impl CudaBackend {
     /// weights in `dtype` and up to `context` positions per sequence.
     pub fn new(device: Device, dtype: WeightDtype, context: usize) -> Result<CudaBackend> {
         if device.capability < (8, 0) {
-            bail!("{} (compute capability {}.{}) is older than sm_80", device.name, device.capability.0, device.capability.1);
+            bail!(
+                "{} (compute capability {}.{}) is older than sm_80",
+                device.name,
+                device.capability.0,
+                device.capability.1
+            );
         }
         if dtype == WeightDtype::Fp8 && device.capability < (8, 9) {
-            bail!("--dtype fp8 needs FP8 tensor cores (sm_89 or newer); use --dtype bf16 on {}", device.name);
+            bail!(
+                "--dtype fp8 needs FP8 tensor cores (sm_89 or newer); use --dtype bf16 on {}",
+                device.name
+            );
         }
         let nvrtc = Nvrtc::load()?;
         let arch = arch_for(device.capability);
@@ -189,7 +197,12 @@ impl CudaBackend {
 
     /// Runs `op` unless an earlier op failed; a failure is kept for the next `read`/`end_step` and the
     /// result is a tensor without storage (never launched on, since nothing runs after a failure).
-    fn guarded(&mut self, rows: usize, cols: usize, op: impl FnOnce(&mut Self) -> Result<CudaSlice<f32>>) -> CudaTensor {
+    fn guarded(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        op: impl FnOnce(&mut Self) -> Result<CudaSlice<f32>>,
+    ) -> CudaTensor {
         let buf = if self.error.is_some() {
             None
         } else {
@@ -297,8 +310,16 @@ impl CudaBackend {
         let mut scales = None;
         let bytes: Vec<u8> = match dtype {
             WeightDtype::F32 => w.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            WeightDtype::F16 => w.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            WeightDtype::Bf16 => w.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            WeightDtype::F16 => w
+                .data
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            WeightDtype::Bf16 => w
+                .data
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
             WeightDtype::Fp8 => {
                 // The same codes and scales the CPU reference rounds through (`fp8::round_trip`).
                 let (codes, s) = fp8::quantize(&w.data, grid);
@@ -325,7 +346,12 @@ impl CudaBackend {
 
     /// Activation rows (gathered through `src` when given: -1 gives a zero row) as E4M3 codes with one scale
     /// per 1x128 block, padded to a multiple of 128 columns.
-    fn quantize(&self, x: &CudaTensor, src: Option<&CudaSlice<i32>>, rows: usize) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
+    fn quantize(
+        &self,
+        x: &CudaTensor,
+        src: Option<&CudaSlice<i32>>,
+        rows: usize,
+    ) -> Result<(CudaSlice<u8>, CudaSlice<f32>)> {
         let kp = x.cols.div_ceil(fp8::BLOCK) * fp8::BLOCK;
         let q = self.alloc::<u8>(rows * kp)?;
         let s = self.alloc::<f32>(rows * kp / fp8::BLOCK)?;
@@ -339,7 +365,12 @@ impl CudaBackend {
             Arg::I32(kp as i32),
         ];
         // One warp per (row, 128-column block), 4 warps per block.
-        self.launch("quantize_rows_1x128", ((rows * kp / fp8::BLOCK).div_ceil(4), 1), 128, &args)?;
+        self.launch(
+            "quantize_rows_1x128",
+            ((rows * kp / fp8::BLOCK).div_ceil(4), 1),
+            128,
+            &args,
+        )?;
         Ok((q, s))
     }
 
@@ -398,7 +429,14 @@ impl CudaBackend {
     }
 
     /// Each assignment's expert on its x row (masked fixed-capacity layout): [assignments, w.rows].
-    fn experts_gemv(&self, x: &CudaTensor, x_div: usize, ids: &CudaSlice<i32>, assignments: usize, w: &CudaMatrix) -> Result<CudaSlice<f32>> {
+    fn experts_gemv(
+        &self,
+        x: &CudaTensor,
+        x_div: usize,
+        ids: &CudaSlice<i32>,
+        assignments: usize,
+        w: &CudaMatrix,
+    ) -> Result<CudaSlice<f32>> {
         let out = self.alloc::<f32>(assignments * w.rows)?;
         let args = [
             self.tptr(x)?,
@@ -414,11 +452,22 @@ impl CudaBackend {
             Arg::I64(w.expert_elems() as i64),
             Arg::I64(w.expert_scales() as i64),
         ];
-        self.launch(kernel_for(w.dtype, "experts"), (w.rows.div_ceil(4), assignments), 128, &args)?;
+        self.launch(
+            kernel_for(w.dtype, "experts"),
+            (w.rows.div_ceil(4), assignments),
+            128,
+            &args,
+        )?;
         Ok(out)
     }
 
-    fn moe_try(&mut self, x: &CudaTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Result<CudaSlice<f32>> {
+    fn moe_try(
+        &mut self,
+        x: &CudaTensor,
+        w: &MoeExperts<Self>,
+        spec: &MoeSpec,
+        layer: usize,
+    ) -> Result<CudaSlice<f32>> {
         let (rows, h, inter, n) = (x.rows, x.cols, spec.expert_intermediate, spec.n_experts);
         if n > MAX_EXPERTS {
             bail!("CUDA MoE supports at most {MAX_EXPERTS} experts, the model has {n}");
@@ -504,7 +553,13 @@ impl CudaBackend {
             let chosen = ids
                 .chunks(k)
                 .zip(weights.chunks(k))
-                .map(|(ids, ws)| ids.iter().zip(ws).filter(|(e, _)| **e >= 0).map(|(&e, &w)| (e as usize, w)).collect())
+                .map(|(ids, ws)| {
+                    ids.iter()
+                        .zip(ws)
+                        .filter(|(e, _)| **e >= 0)
+                        .map(|(&e, &w)| (e as usize, w))
+                        .collect()
+                })
                 .collect();
             trace.push(LayerRouting {
                 layer,
@@ -582,11 +637,18 @@ impl CudaBackend {
         sinks: Option<&CudaVector>,
     ) -> Result<CudaSlice<f32>> {
         if spec.head_dim > MAX_HEAD_DIM {
-            bail!("CUDA attention supports head_dim up to {MAX_HEAD_DIM}, the model has {}", spec.head_dim);
+            bail!(
+                "CUDA attention supports head_dim up to {MAX_HEAD_DIM}, the model has {}",
+                spec.head_dim
+            );
         }
         let step = self.step()?;
         if step.max_position >= cache.capacity {
-            bail!("position {} is past the CUDA KV cache ({} positions)", step.max_position, cache.capacity);
+            bail!(
+                "position {} is past the CUDA KV cache ({} positions)",
+                step.max_position,
+                cache.capacity
+            );
         }
         let (positions, seqs, rows) = (self.ptr(&step.positions), self.ptr(&step.seqs), step.rows);
         let kv_dim = spec.kv_dim();
@@ -669,7 +731,12 @@ impl Backend for CudaBackend {
     type Cache = CudaCache;
 
     fn describe(&self) -> String {
-        format!("cuda ({}, {}, {} weights, f32 activations)", self.device_name, self.arch, self.dtype.name())
+        format!(
+            "cuda ({}, {}, {} weights, f32 activations)",
+            self.device_name,
+            self.arch,
+            self.dtype.name()
+        )
     }
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<CudaMatrix> {

@@ -117,7 +117,9 @@ impl KernelModule {
             format!("{:?}", nvrtc.version).as_bytes(),
         ]);
         let dir = cache_dir();
-        let path = dir.as_ref().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", self.name)));
+        let path = dir
+            .as_ref()
+            .map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", self.name)));
         if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
             return Ok(bytes);
         }
@@ -201,8 +203,8 @@ mod tests {
     fn every_listed_kernel_is_defined_in_its_source() {
         for module in MODULES {
             for entry in module.entries {
-                let defined = module.source.contains(&format!("void {entry}("))
-                    || module.source.contains(&format!("({entry}, "));
+                let defined =
+                    module.source.contains(&format!("void {entry}(")) || module.source.contains(&format!("({entry}, "));
                 assert!(defined, "{}.cu does not define {entry}", module.name);
             }
         }

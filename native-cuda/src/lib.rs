@@ -72,7 +72,11 @@ pub fn conformance(dtype: WeightDtype) -> Result<Vec<CaseResult>> {
             .unwrap_or(1);
         (name.starts_with("matmul") || name.starts_with("moe")) && rows > backend::GEMV_ROWS
     };
-    let label = if dtype == WeightDtype::Fp8 { "fp8 gemm: 1x128 activations" } else { "f32 activations" };
+    let label = if dtype == WeightDtype::Fp8 {
+        "fp8 gemm: 1x128 activations"
+    } else {
+        "f32 activations"
+    };
     conformance::check_backend(&mut backend, dtype, label, |name, shape| {
         if dtype == WeightDtype::Fp8 && gemm_path(name, shape) {
             1000.0
@@ -110,9 +114,7 @@ pub fn gemm_relative_error(rows: usize, k: usize, out: usize, seed: u64) -> Resu
     let (mut diff, mut norm) = (0.0f64, 0.0f64);
     for r in 0..rows {
         for o in 0..out {
-            let reference: f64 = (0..k)
-                .map(|i| x_ref[r * k + i] as f64 * w_ref[o * k + i] as f64)
-                .sum();
+            let reference: f64 = (0..k).map(|i| x_ref[r * k + i] as f64 * w_ref[o * k + i] as f64).sum();
             diff += (got[r * out + o] as f64 - reference).abs();
             norm += reference.abs();
         }

@@ -15,7 +15,14 @@ type Program = *mut std::ffi::c_void;
 pub struct Nvrtc {
     pub path: PathBuf,
     pub version: (i32, i32),
-    create: unsafe extern "C" fn(*mut Program, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char) -> Status,
+    create: unsafe extern "C" fn(
+        *mut Program,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
+    ) -> Status,
     compile: unsafe extern "C" fn(Program, c_int, *const *const c_char) -> Status,
     destroy: unsafe extern "C" fn(*mut Program) -> Status,
     log_size: unsafe extern "C" fn(Program, *mut usize) -> Status,
@@ -113,7 +120,14 @@ impl Nvrtc {
         // SAFETY: every pointer outlives the calls; the program is destroyed on every path below.
         unsafe {
             self.check(
-                (self.create)(&mut prog, c_src.as_ptr(), c_name.as_ptr(), 0, std::ptr::null(), std::ptr::null()),
+                (self.create)(
+                    &mut prog,
+                    c_src.as_ptr(),
+                    c_name.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                ),
                 "nvrtcCreateProgram",
             )?;
             let status = (self.compile)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
@@ -191,7 +205,10 @@ fn python_site_dirs() -> Vec<PathBuf> {
     }
     // The interpreter on PATH knows its own site-packages; without one this simply finds nothing.
     let listed = std::process::Command::new("python3")
-        .args(["-c", "import site,sys; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))"])
+        .args([
+            "-c",
+            "import site,sys; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))",
+        ])
         .stderr(std::process::Stdio::null())
         .output();
     if let Ok(out) = listed {
