@@ -62,8 +62,13 @@ impl CudaMatrix {
         self.rows * self.stride
     }
     fn expert_scales(&self) -> usize {
-        (self.rows / self.group_rows) * self.group_rows.div_ceil(fp8::BLOCK) * (self.stride / fp8::BLOCK)
+        expert_scales(self.rows, self.group_rows, self.stride)
     }
+}
+
+/// FP8 scales per expert of `rows` rows whose 128x128 grid restarts every `group_rows` rows.
+fn expert_scales(rows: usize, group_rows: usize, stride: usize) -> usize {
+    (rows / group_rows) * group_rows.div_ceil(fp8::BLOCK) * (stride / fp8::BLOCK)
 }
 
 pub struct CudaVector {
@@ -955,5 +960,37 @@ impl Backend for CudaBackend {
     fn take_routing(&mut self) -> Result<Vec<LayerRouting>> {
         self.take_error()?;
         Ok(self.routing.as_mut().map(std::mem::take).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scale_row` of kernels/common.cuh.
+    fn scale_row(row: usize, group_rows: usize) -> usize {
+        (row / group_rows) * group_rows.div_ceil(128) + (row % group_rows) / 128
+    }
+
+    #[test]
+    fn kernel_scale_indexing_matches_the_checkpoint_grid() {
+        // Stacked gate/up [experts, 2, inter, hidden] with inter and hidden off the 128 grid.
+        let shape = [3, 2, 130, 200];
+        let grid = BlockGrid::of(&shape);
+        let (rows, group_rows, stride) = (2 * 130, 130, 256);
+        let per_expert = expert_scales(rows, group_rows, stride);
+        assert_eq!(per_expert * 3, grid.n_scales());
+        for e in 0..3 {
+            for row in 0..rows {
+                for col in (0..200).step_by(7) {
+                    let kernel = e * per_expert + scale_row(row, group_rows) * (stride / 128) + col / 128;
+                    assert_eq!(
+                        kernel,
+                        grid.scale_index(e * rows + row, col),
+                        "expert {e} row {row} col {col}"
+                    );
+                }
+            }
+        }
     }
 }
