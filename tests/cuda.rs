@@ -3,7 +3,8 @@
 //! - NVRTC only (CI): every kernel compiles for sm_90a;
 //! - a CUDA device: the conformance suite against the CPU reference for every weight dtype, the FP8 GEMM
 //!   against an f64 reference on the same E4M3 inputs (relative error below 1e-3), and every fixture's
-//!   logits against the CPU backend with the same weight rounding.
+//!   logits against the CPU backend with the same weight rounding, and FP8 perplexity within 2% of bf16 on the
+//!   shipped model.
 
 #[path = "common.rs"]
 mod common;
@@ -15,8 +16,10 @@ use volt_cuda::nvrtc::Nvrtc;
 use volt_cuda::{CudaBackend, Device};
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::WeightDtype;
+use volt_runtime::eval::perplexity;
 use volt_runtime::generate::prompt_logits;
 use volt_runtime::session::BackendSession;
+use volt_runtime::tokenizer::Tokenizer;
 
 /// The device, or None after printing why the test is skipped.
 fn device_or_skip(test: &str) -> Option<Device> {
@@ -154,4 +157,25 @@ fn fixtures_give_the_cpu_logits() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn fp8_perplexity_is_within_2_percent_of_bf16_on_the_shipped_model() {
+    if device_or_skip("cuda fp8 perplexity").is_none() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/volt-tiny");
+    let text = std::fs::read_to_string(common::fixtures_root().join("text/moby_dick_ch1.txt")).unwrap();
+    let ids = Tokenizer::from_dir(&dir)
+        .unwrap()
+        .unwrap()
+        .encode(&text, false)
+        .unwrap();
+    let ppl = |dtype| {
+        let backend = CudaBackend::new(Device::open().unwrap(), dtype, 4096).unwrap();
+        let mut session = BackendSession::load(backend, &dir, 1).unwrap();
+        perplexity(&mut session, &ids, 512, 256).unwrap().ppl
+    };
+    let (bf16, fp8) = (ppl(WeightDtype::Bf16), ppl(WeightDtype::Fp8));
+    assert!((fp8 / bf16 - 1.0).abs() < 0.02, "bf16 {bf16:.3}, fp8 {fp8:.3}");
 }

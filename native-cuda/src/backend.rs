@@ -270,6 +270,9 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 {
             return Ok(());
         }
+        if grid.0 >= 1 << 31 || grid.1 > 65535 {
+            bail!("CUDA: {kernel} needs a grid of {grid:?} blocks, past the device's limits");
+        }
         let Some(function) = self.functions.get(kernel) else {
             bail!("CUDA kernel {kernel} is not loaded on this GPU");
         };
