@@ -1,6 +1,6 @@
 //! The CUDA backend. Without NVRTC or without a CUDA device each test prints SKIP and the reason; what runs
 //! where:
-//! - NVRTC only (CI): every kernel compiles for sm_90a;
+//! - NVRTC only (CI): every kernel compiles for sm_90a, sm_89 and sm_80 (the FP8 GEMM from sm_89);
 //! - a CUDA device: the conformance suite against the CPU reference for every weight dtype, the FP8 GEMM
 //!   against an f64 reference on the same E4M3 inputs (relative error below 1e-3), and every fixture's
 //!   logits against the CPU backend with the same weight rounding, and FP8 perplexity within 2% of bf16 on the
@@ -33,7 +33,7 @@ fn device_or_skip(test: &str) -> Option<Device> {
 }
 
 #[test]
-fn every_kernel_compiles_for_hopper() {
+fn every_kernel_compiles_for_hopper_ada_and_ampere() {
     let nvrtc = match Nvrtc::load() {
         Ok(n) => n,
         Err(e) => {
@@ -42,17 +42,25 @@ fn every_kernel_compiles_for_hopper() {
         }
     };
     let reports = compile_all(&nvrtc, HOPPER);
+    // The other targets `--backend cuda` accepts: Ada (FP8 tensor cores) and Ampere (no FP8 GEMM module).
+    let older: Vec<_> = [(8, 9), (8, 0)]
+        .into_iter()
+        .flat_map(|c| compile_all(&nvrtc, c))
+        .collect();
     let failures: Vec<String> = reports
         .iter()
+        .chain(&older)
         .filter_map(|r| {
             r.outcome
                 .as_ref()
                 .err()
-                .map(|e| format!("{}/{}: {e}", r.module, r.kernel))
+                .map(|e| format!("{} {}/{}: {e}", r.arch, r.module, r.kernel))
         })
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(reports.iter().any(|r| r.kernel == "gemm_fp8" && r.arch == "sm_90a"));
+    assert!(older.iter().any(|r| r.kernel == "gemm_fp8" && r.arch == "sm_89"));
+    assert!(!older.iter().any(|r| r.kernel == "gemm_fp8" && r.arch == "sm_80"));
 }
 
 #[test]
