@@ -412,8 +412,42 @@ fn volt_runtime_has_no_adapter() -> bool {
 
 #[test]
 fn unavailable_backends_say_why() {
+    if let Ok(device) = volt_cuda::Device::open() {
+        println!("SKIP cuda unavailable-backend test: {} is present", device.name);
+        return;
+    }
     let dir = fixture("llama");
     assert_clean_error(&logits_on("cuda", &dir, "1"), "backend cuda cannot start");
+    assert_clean_error(&volt(&["check", "--backend", "cuda"]), "backend cuda cannot be checked");
+}
+
+#[test]
+fn cuda_kernels_compile_for_hopper_with_nvrtc_alone() {
+    if let Err(e) = volt_cuda::nvrtc::Nvrtc::load() {
+        println!("SKIP volt check --backend cuda --compile-only: {e}");
+        // Without NVRTC the command must say so on one line.
+        assert_clean_error(&volt(&["check", "--backend", "cuda", "--compile-only"]), "NVRTC");
+        return;
+    }
+    let out = volt(&["check", "--backend", "cuda", "--compile-only"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for kernel in [
+        "gemm_fp8",
+        "linear_fp8",
+        "moe_route",
+        "moe_align",
+        "attention",
+        "rms_norm",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(kernel) && l.contains("sm_90a  ok")),
+            "{kernel} not compiled for sm_90a: {stdout}"
+        );
+    }
+    assert!(stdout.trim_end().ends_with(" compiled, 0 failed"), "{stdout}");
 }
 
 #[test]

@@ -55,14 +55,20 @@ pub fn open_with_pool(
                 pool_tokens,
             )?))
         }
-        _ => bail!("backend cuda cannot start: {}", volt_cuda::unavailable_reason()),
+        _ => {
+            let start = || volt_cuda::CudaBackend::new(volt_cuda::Device::open()?, dtype, GPU_CONTEXT);
+            let backend = start().map_err(|e| e.context("backend cuda cannot start"))?;
+            Ok(Box::new(BackendSession::load(backend, dir, slots)?))
+        }
     }
 }
 
 /// CUDA on a Hopper GPU, else wgpu on a hardware GPU adapter, else CPU (a software adapter such as lavapipe
 /// is slower than the CPU backend).
 fn auto() -> &'static str {
-    if Gpu::hardware_adapter_present() {
+    if volt_cuda::hopper_ready() {
+        "cuda"
+    } else if Gpu::hardware_adapter_present() {
         "wgpu"
     } else {
         "cpu"

@@ -5,6 +5,7 @@ use volt_runtime::backend::wgpu::gpu::{self, Gpu};
 use volt_runtime::backend::wgpu::kernels::{KernelFeatures, Kernels};
 use volt_runtime::backend::wgpu::WgpuBackend;
 use volt_runtime::backend::{KvDtype, WeightDtype};
+use volt_runtime::conformance::CaseResult;
 use volt_runtime::{bail, conformance, Result};
 
 use crate::cli::Flags;
@@ -13,7 +14,7 @@ pub fn check(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["backend"], &["compile-only"])?;
     match flags.str("backend").unwrap_or("wgpu") {
         "wgpu" => {}
-        "cuda" => bail!("backend cuda cannot be checked: {}", volt_cuda::unavailable_reason()),
+        "cuda" => return crate::check_cuda::check(flags.has("compile-only")),
         other => bail!("volt check runs the GPU backends: --backend wgpu or cuda, not `{other}`"),
     }
     let adapters = gpu::adapters();
@@ -84,26 +85,7 @@ pub fn check(args: &[String]) -> Result<()> {
                 continue;
             }
         };
-        println!(
-            "{:<48} {:<17} {:<5} {:<22} {:<44} {:>10} {:>9}  result",
-            "adapter", "op", "dtype", "kernels", "shape", "max error", "tolerance"
-        );
-        for r in &results {
-            let verdict = if r.passed() {
-                "pass".to_string()
-            } else {
-                format!("FAIL ({})", r.worst)
-            };
-            println!(
-                "{name:<48} {:<17} {:<5} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
-                r.op,
-                r.dtype.name(),
-                r.kernels,
-                r.shape,
-                r.max_err,
-                r.tolerance
-            );
-        }
+        print_results(&name, &results);
         total += results.len();
         failed += results.iter().filter(|r| !r.passed()).count();
     }
@@ -112,6 +94,30 @@ pub fn check(args: &[String]) -> Result<()> {
         bail!("{failed} of {total} checks failed");
     }
     Ok(())
+}
+
+/// The conformance table: one row per case (device, op, dtype, kernels, shape, error, tolerance, verdict).
+pub fn print_results(device: &str, results: &[CaseResult]) {
+    println!(
+        "{:<48} {:<17} {:<5} {:<22} {:<44} {:>10} {:>9}  result",
+        "adapter", "op", "dtype", "kernels", "shape", "max error", "tolerance"
+    );
+    for r in results {
+        let verdict = if r.passed() {
+            "pass".to_string()
+        } else {
+            format!("FAIL ({})", r.worst)
+        };
+        println!(
+            "{device:<48} {:<17} {:<5} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
+            r.op,
+            r.dtype.name(),
+            r.kernels,
+            r.shape,
+            r.max_err,
+            r.tolerance
+        );
+    }
 }
 
 fn reopen(name: &str) -> Result<Gpu> {

@@ -4,6 +4,7 @@ mod backends;
 mod bench;
 mod chat;
 mod check;
+mod check_cuda;
 mod cli;
 mod eval;
 mod generate;
