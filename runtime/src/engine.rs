@@ -18,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::backend::Step;
+use crate::backend::{LayerRouting, Step};
 use crate::error::Result;
 use crate::generate::{check_request, FinishReason, GenerateOptions, SequenceOutput, PREFILL_CHUNK};
 use crate::sampler::{Pick, Sampler};
@@ -67,17 +67,29 @@ pub struct Stats {
     pub cancelled: u64,
 }
 
+/// KV-cache occupancy by the `ModelSpec::kv_bytes` accounting (what `volt info` reports): the tokens every
+/// slot holds, running or kept for prefix reuse, against every slot filled to the context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub cached_tokens: usize,
+}
+
 #[derive(Default)]
 struct Counters {
     running: AtomicUsize,
     queued: AtomicUsize,
     completed: AtomicU64,
     cancelled: AtomicU64,
+    kv_used_bytes: AtomicU64,
+    kv_cached_tokens: AtomicUsize,
 }
 
 enum Control {
     Submit(u64, Request, Sender<Event>),
     Cancel(u64),
+    TraceRouting(Option<Sender<Vec<LayerRouting>>>),
     Shutdown,
 }
 
@@ -86,6 +98,7 @@ pub struct Engine {
     control: Sender<Control>,
     next_id: AtomicU64,
     counters: Arc<Counters>,
+    kv_capacity_bytes: u64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -95,6 +108,7 @@ impl Engine {
         let (control, inbox) = mpsc::channel();
         let slots = (0..session.slots()).map(|_| Slot::default()).collect();
         let counters = Arc::new(Counters::default());
+        let kv_capacity_bytes = session.slots() as u64 * session.spec().kv_bytes(session.context());
         let scheduler = Scheduler {
             counters: counters.clone(),
             session,
@@ -105,6 +119,7 @@ impl Engine {
             running: Vec::new(),
             slots,
             clock: 0,
+            routing: None,
         };
         let thread = std::thread::Builder::new()
             .name("volt-engine".into())
@@ -114,6 +129,7 @@ impl Engine {
             control,
             next_id: AtomicU64::new(1),
             counters,
+            kv_capacity_bytes,
             thread: Some(thread),
         }
     }
@@ -126,6 +142,20 @@ impl Engine {
             completed: c.completed.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn kv_usage(&self) -> KvUsage {
+        KvUsage {
+            used_bytes: self.counters.kv_used_bytes.load(Ordering::Relaxed),
+            capacity_bytes: self.kv_capacity_bytes,
+            cached_tokens: self.counters.kv_cached_tokens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends the MoE routing of every later step (all its tokens, every MoE layer) to `to`, until tracing is
+    /// turned off with `None` or the receiver is dropped. Off by default: recording costs a copy per layer.
+    pub fn trace_routing(&self, to: Option<Sender<Vec<LayerRouting>>>) {
+        let _ = self.control.send(Control::TraceRouting(to));
     }
 
     /// Queues a request; its events arrive on the receiver, ending with `Done` or `Error`.
@@ -184,6 +214,7 @@ struct Scheduler {
     running: Vec<Sequence>,
     slots: Vec<Slot>,
     clock: u64,
+    routing: Option<Sender<Vec<LayerRouting>>>,
 }
 
 impl Scheduler {
@@ -224,6 +255,11 @@ impl Scheduler {
     fn publish(&self) {
         self.counters.running.store(self.running.len(), Ordering::Relaxed);
         self.counters.queued.store(self.queue.len(), Ordering::Relaxed);
+        let spec = self.session.spec();
+        let kv: u64 = self.slots.iter().map(|s| spec.kv_bytes(s.tokens.len())).sum();
+        let tokens = self.slots.iter().map(|s| s.tokens.len()).sum();
+        self.counters.kv_used_bytes.store(kv, Ordering::Relaxed);
+        self.counters.kv_cached_tokens.store(tokens, Ordering::Relaxed);
     }
 
     /// Applies a control message; false on shutdown.
@@ -237,6 +273,10 @@ impl Scheduler {
                     self.release(&seq);
                     self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Control::TraceRouting(to) => {
+                self.session.trace_routing(to.is_some());
+                self.routing = to;
             }
             Control::Shutdown => return false,
         }
@@ -331,6 +371,12 @@ impl Scheduler {
         } else {
             self.session.forward_pick(&step, &rows, &picks)?
         };
+        if let Some(to) = &self.routing {
+            if to.send(self.session.take_routing()?).is_err() {
+                self.session.trace_routing(false);
+                self.routing = None;
+            }
+        }
         for (seq, n) in self.running.iter_mut().zip(&fed_now) {
             let slot = &mut self.slots[seq.slot];
             slot.tokens.extend_from_slice(&seq.tokens[seq.fed..seq.fed + n]);
