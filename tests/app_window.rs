@@ -59,16 +59,25 @@ fn the_window_converses_with_the_shipped_model() {
         println!("SKIP: {} not installed (apt-get install xvfb xdotool imagemagick)", missing.join(", "));
         return;
     }
-    let display = format!(":{}", 90 + std::process::id() % 400);
-    let _xvfb = Running(
+    // A display number no other X server holds (its lock file names it).
+    let number = (90..400)
+        .map(|n| n + std::process::id() % 100)
+        .find(|n| !Path::new(&format!("/tmp/.X{n}-lock")).exists())
+        .expect("a free X display number");
+    let display = format!(":{number}");
+    // The screen is the window's size, so the screenshot is the window.
+    let mut xvfb = Running(
         Command::new("Xvfb")
-            .args([display.as_str(), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .args([display.as_str(), "-screen", "0", "1180x760x24", "-nolisten", "tcp"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{}", &display[1..]));
-    wait_for("Xvfb", Duration::from_secs(20), || socket.exists());
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
+    wait_for("Xvfb", Duration::from_secs(20), || {
+        assert!(xvfb.0.try_wait().unwrap().is_none(), "Xvfb {display} exited");
+        socket.exists()
+    });
 
     let data = tempfile::tempdir().unwrap();
     // Saved settings as a user would leave them: the experts panel open, replies of up to 60 tokens.
@@ -92,6 +101,7 @@ fn the_window_converses_with_the_shipped_model() {
     let app_log = || std::fs::read_to_string(data.path().join("volt.log")).unwrap_or_default();
     // The window is up once xdotool finds it; the model loads meanwhile.
     wait_for("the window", Duration::from_secs(60), || {
+        assert!(!app_log().contains("error:"), "volt chat failed: {}", app_log());
         Command::new("xdotool")
             .args(["search", "--name", "^Volt$"])
             .env("DISPLAY", &display)
@@ -106,7 +116,10 @@ fn the_window_converses_with_the_shipped_model() {
     xdotool(&display, &["mousemove", "640", "733", "click", "1"]);
     xdotool(&display, &["type", "--delay", "30", "Good morning! How is your sister?"]);
     xdotool(&display, &["key", "Return"]);
-    wait_for("the reply saved", Duration::from_secs(120), || saved_reply(data.path()).is_some());
+    wait_for("the reply saved", Duration::from_secs(120), || {
+        assert!(!app_log().contains("error:"), "volt chat failed: {}", app_log());
+        saved_reply(data.path()).is_some()
+    });
     let reply = saved_reply(data.path()).unwrap();
     assert!(!reply.trim().is_empty(), "an empty reply; app log:\n{}", app_log());
     std::thread::sleep(Duration::from_secs(1));

@@ -397,7 +397,7 @@ fn messages(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
                     }
                 }
                 markdown::show(ui, (&id, i), &m.content);
-                ui.horizontal(|ui| {
+                ui.horizontal_wrapped(|ui| {
                     let small = |t: String| RichText::new(t).small().weak();
                     match m.role {
                         Role::User => {
