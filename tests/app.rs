@@ -45,7 +45,10 @@ fn a_reply_streams_stops_continues_regenerates_and_the_next_turn_reuses_the_kv()
         lengths.len() >= 2 || !app.is_generating()
     });
     assert!(lengths.len() >= 2, "the reply arrived in one piece: {lengths:?}");
-    assert!(h.state().app.is_generating(), "the reply ended before it could be stopped");
+    assert!(
+        h.state().app.is_generating(),
+        "the reply ended before it could be stopped"
+    );
 
     // Esc stops mid-stream; what came stays, and Continue goes on from it.
     h.key_press(Key::Escape);
@@ -65,7 +68,10 @@ fn a_reply_streams_stops_continues_regenerates_and_the_next_turn_reuses_the_kv()
         "continue added nothing"
     );
     assert!(continued.content.starts_with(stopped.content.trim_end()));
-    assert!(info.cached_tokens > 0, "continuing prefilled the whole prompt again: {info:?}");
+    assert!(
+        info.cached_tokens > 0,
+        "continuing prefilled the whole prompt again: {info:?}"
+    );
     assert_eq!(h.state().app.current().messages.len(), 2);
 
     // Regenerate replaces the reply, with another seed.
@@ -88,7 +94,10 @@ fn a_reply_streams_stops_continues_regenerates_and_the_next_turn_reuses_the_kv()
     let c = h.state().app.current();
     assert_eq!(c.messages.len(), 4);
     let second = c.messages[3].reply.as_ref().unwrap();
-    assert_eq!(second.finish == Finish::Stop || second.finish == Finish::Length, true, "{second:?}");
+    assert!(
+        second.finish == Finish::Stop || second.finish == Finish::Length,
+        "{second:?}"
+    );
     let prefilled = second.prompt_tokens - second.cached_tokens;
     assert!(
         second.cached_tokens > prefilled,
@@ -123,6 +132,10 @@ fn conversations_survive_a_restart_and_a_damaged_file_is_set_aside() {
         type_into_input(&mut h, "words not sent yet");
         h.run_steps(2);
         assert_eq!(h.state().app.conversations.len(), 2);
+        // Light mode, kept across the restart.
+        h.get_by_label("Light").click();
+        h.run_steps(2);
+        assert_eq!(h.ctx.theme(), egui::Theme::Light);
     }
     // Something else wrote garbage into the folder.
     let folder = data.path().join("conversations");
@@ -133,6 +146,8 @@ fn conversations_survive_a_restart_and_a_damaged_file_is_set_aside() {
     let app = &h.state().app;
     assert_eq!(app.conversations.len(), 2, "both conversations reloaded");
     assert_eq!(app.current().draft, "words not sent yet", "the unsent draft was kept");
+    assert!(!app.settings.dark);
+    assert!(h.query_by_label("Dark").is_some(), "the theme button offers dark mode");
     assert!(
         app.notices.iter().any(|n| n.contains("broken.json is damaged")),
         "{:?}",
@@ -147,7 +162,10 @@ fn conversations_survive_a_restart_and_a_damaged_file_is_set_aside() {
     h.run_steps(2);
     assert_eq!(h.state().app.current().messages[0].content, "Pride");
     assert_eq!(h.state().app.current().messages.len(), 2);
-    assert!(h.query_all_by_label("Pride").count() >= 2, "the title and the message show");
+    assert!(
+        h.query_all_by_label("Pride").count() >= 2,
+        "the title and the message show"
+    );
 
     // Rename it.
     h.get_by_label("Rename").click();
@@ -169,7 +187,10 @@ fn conversations_survive_a_restart_and_a_damaged_file_is_set_aside() {
     h.run_steps(2);
     // Two multi-line inputs now: the message editor is the one holding the message.
     let editor = || |n: &egui_kittest::Node<'_>| n.value().is_some_and(|v| v.contains("Pride"));
-    h.query_all_by_role(Role::MultilineTextInput).find(editor()).expect("the message editor").focus();
+    h.query_all_by_role(Role::MultilineTextInput)
+        .find(editor())
+        .expect("the message editor")
+        .focus();
     h.step();
     h.key_press_modifiers(Modifiers::COMMAND, Key::A);
     h.query_all_by_role(Role::MultilineTextInput)
@@ -182,8 +203,10 @@ fn conversations_survive_a_restart_and_a_damaged_file_is_set_aside() {
     wait_until(&mut h, "the reply to the edit", |app| !app.is_generating());
     let app = &h.state().app;
     assert_eq!(app.current().messages[0].content, "Pride and Prejudice");
-    assert!(app.conversations.iter().any(|c| c.title == "Austen (before edit)"
-        && c.messages[0].content == "Pride"));
+    assert!(app
+        .conversations
+        .iter()
+        .any(|c| c.title == "Austen (before edit)" && c.messages[0].content == "Pride"));
     assert_eq!(app.conversations.len(), 3);
 
     // Delete asks first, then removes the file.
@@ -193,6 +216,32 @@ fn conversations_survive_a_restart_and_a_damaged_file_is_set_aside() {
     h.get_by_label("Yes, delete").click();
     h.run_steps(2);
     assert_eq!(h.state().app.conversations.len(), 2);
+
+    // The model picker estimates the memory before loading; a folder that is no model is a one-line
+    // notice, and the loaded model goes on serving.
+    h.get_by_label("Settings").click();
+    h.run_steps(2);
+    assert!(
+        h.query_all_by_label_contains("KV cache").next().is_some(),
+        "no memory estimate shown"
+    );
+    h.get_by_role(Role::TextInput).focus();
+    h.step();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.get_by_role(Role::TextInput).type_text("/nonexistent/model");
+    h.run_steps(2);
+    h.get_by_label("Load model").click();
+    h.run_steps(2);
+    wait_until(&mut h, "the failed load", |app| app.loading.is_none());
+    let app = &h.state().app;
+    assert!(
+        app.notices
+            .iter()
+            .any(|n| n.starts_with("could not load /nonexistent/model") && !n.contains('\n')),
+        "{:?}",
+        app.notices
+    );
+    assert!(app.chat_model().is_some(), "the old model was dropped");
     drop(h);
     assert!(!folder.join(format!("{id}.json")).exists());
     assert_eq!(

@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use volt_app::gui::state::{AppOptions, ChatApp, ModelState};
+use volt_app::gui::state::{AppOptions, ChatApp};
 use volt_app::gui::VoltApp;
 
 /// Longest a test waits for the model or a reply (the CPU backend in a debug-ish test build).
 const PATIENCE: Duration = Duration::from_secs(120);
 
-pub fn open_app(data: &Path, renderer: Option<fn(egui_kittest::HarnessBuilder<VoltApp>) -> egui_kittest::HarnessBuilder<VoltApp>>) -> Harness<'static, VoltApp> {
+pub fn open_app(
+    data: &Path,
+    renderer: Option<fn(egui_kittest::HarnessBuilder<VoltApp>) -> egui_kittest::HarnessBuilder<VoltApp>>,
+) -> Harness<'static, VoltApp> {
     let options = AppOptions {
         data_dir: data.to_path_buf(),
         model: Some(volt_app::model_path(None).unwrap()),
@@ -41,8 +44,8 @@ pub fn wait_until(h: &mut Harness<'_, VoltApp>, what: &str, mut done: impl FnMut
 }
 
 pub fn wait_until_ready(h: &mut Harness<'_, VoltApp>) {
-    wait_until(h, "the model", |app| !matches!(app.model, ModelState::Loading(_)));
-    if let ModelState::Failed(e) = &h.state().app.model {
+    wait_until(h, "the model", |app| app.loading.is_none());
+    if let Some(e) = &h.state().app.load_error {
         panic!("the model did not load: {e}");
     }
 }

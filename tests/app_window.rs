@@ -33,7 +33,11 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn xdotool(display: &str, args: &[&str]) {
-    let status = Command::new("xdotool").args(args).env("DISPLAY", display).status().unwrap();
+    let status = Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .status()
+        .unwrap();
     assert!(status.success(), "xdotool {args:?}");
 }
 
@@ -44,7 +48,10 @@ fn saved_reply(data: &Path) -> Option<String> {
         if path.extension().is_some_and(|x| x == "json") {
             let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
             let messages = v["messages"].as_array()?;
-            if let Some(m) = messages.iter().find(|m| m["role"] == "assistant" && m["reply"].is_object()) {
+            if let Some(m) = messages
+                .iter()
+                .find(|m| m["role"] == "assistant" && m["reply"].is_object())
+            {
                 return m["content"].as_str().map(str::to_string);
             }
         }
@@ -56,7 +63,10 @@ fn saved_reply(data: &Path) -> Option<String> {
 fn the_window_converses_with_the_shipped_model() {
     let missing: Vec<&str> = ["Xvfb", "xdotool", "import"].into_iter().filter(|t| !have(t)).collect();
     if !missing.is_empty() {
-        println!("SKIP: {} not installed (apt-get install xvfb xdotool imagemagick)", missing.join(", "));
+        println!(
+            "SKIP: {} not installed (apt-get install xvfb xdotool imagemagick)",
+            missing.join(", ")
+        );
         return;
     }
     // A display number no other X server holds (its lock file names it).
@@ -114,7 +124,10 @@ fn the_window_converses_with_the_shipped_model() {
     // the bottom of the 1180x760 window).
     xdotool(&display, &["search", "--name", "^Volt$", "windowfocus", "--sync"]);
     xdotool(&display, &["mousemove", "640", "733", "click", "1"]);
-    xdotool(&display, &["type", "--delay", "30", "Good morning! How is your sister?"]);
+    xdotool(
+        &display,
+        &["type", "--delay", "30", "Good morning! How is your sister?"],
+    );
     xdotool(&display, &["key", "Return"]);
     wait_for("the reply saved", Duration::from_secs(120), || {
         assert!(!app_log().contains("error:"), "volt chat failed: {}", app_log());
@@ -137,7 +150,11 @@ fn the_window_converses_with_the_shipped_model() {
         .output()
         .unwrap();
     let colours: usize = String::from_utf8_lossy(&colours.stdout).trim().parse().unwrap_or(0);
-    assert!(colours > 20, "the screenshot has {colours} colours; app log:\n{}", app_log());
+    assert!(
+        colours > 20,
+        "the screenshot has {colours} colours; app log:\n{}",
+        app_log()
+    );
     println!("reply: {reply:?}; screenshot {} ({colours} colours)", shot.display());
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images/volt-chat.png");

@@ -251,12 +251,14 @@ fn bad_requests_get_an_error_event_and_the_engine_goes_on() {
 #[test]
 fn routing_trace_and_kv_usage_follow_the_steps() {
     let dir = fixtures_root().join("volt");
-    let engine = Engine::start(session(&dir, "cpu", 1), None, vec![]);
+    let cpu = session(&dir, "cpu", 1);
+    let vocab = cpu.spec().vocab_size;
+    let engine = Engine::start(cpu, None, vec![]);
     assert_eq!(engine.kv_usage().used_bytes, 0);
     assert!(engine.kv_usage().capacity_bytes > 0);
     let (to, trace) = std::sync::mpsc::channel();
     engine.trace_routing(Some(to));
-    let prompt = prompts(&[20], 256).remove(0);
+    let prompt = prompts(&[20], vocab).remove(0);
     let (_, done) = finish(
         engine
             .submit(Request {
@@ -278,8 +280,14 @@ fn routing_trace_and_kv_usage_follow_the_steps() {
             assert_eq!(layer.probs.len(), tokens * layer.n_experts);
         }
     }
+    // The scheduler publishes the usage after the step that sent Done: wait for it.
+    let cached = prompt.len() + done.tokens.len() - 1;
+    let start = std::time::Instant::now();
+    while engine.kv_usage().cached_tokens != cached && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let usage = engine.kv_usage();
-    assert_eq!(usage.cached_tokens, prompt.len() + done.tokens.len() - 1);
+    assert_eq!(usage.cached_tokens, cached);
     assert!(usage.used_bytes > 0 && usage.used_bytes <= usage.capacity_bytes);
 
     engine.trace_routing(None);

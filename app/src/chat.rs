@@ -28,7 +28,13 @@ pub fn terminal(args: &[String]) -> Result<()> {
         &["terminal"],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
-    let model = ChatModel::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1, |_| {})?;
+    let model = ChatModel::open(
+        &dir,
+        flags.str("backend").unwrap_or("auto"),
+        flags.str("dtype"),
+        1,
+        |_| {},
+    )?;
     let defaults = SamplingParams::default();
     let opts = GenerateOptions {
         max_tokens: flags.get_or("max-tokens", 256)?,

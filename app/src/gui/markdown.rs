@@ -11,7 +11,10 @@ pub enum Block<'a> {
     /// A list item: its marker ("•", "1.") and text.
     Item(String, &'a str),
     Paragraph(&'a str),
-    Code { lang: &'a str, code: String },
+    Code {
+        lang: &'a str,
+        code: String,
+    },
     Blank,
 }
 
@@ -168,7 +171,11 @@ fn code_block(ui: &mut Ui, id: impl std::hash::Hash + std::fmt::Debug, lang: &st
             ui.set_width(ui.available_width());
             ui.push_id(id, |ui| {
                 ui.horizontal(|ui| {
-                    ui.label(RichText::new(if lang.is_empty() { "code" } else { lang }).small().weak());
+                    ui.label(
+                        RichText::new(if lang.is_empty() { "code" } else { lang })
+                            .small()
+                            .weak(),
+                    );
                     ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                         if ui.small_button("Copy code").clicked() {
                             ui.ctx().copy_text(code.to_string());
@@ -200,8 +207,20 @@ mod tests {
         assert_eq!(b[2], Block::Item("2.".into(), "two"));
         assert_eq!(b[3], Block::Paragraph("text"));
         assert_eq!(b[4], Block::Blank);
-        assert_eq!(b[5], Block::Code { lang: "rust", code: "fn x() {}".into() });
-        assert_eq!(b[6], Block::Code { lang: "", code: "still streaming".into() });
+        assert_eq!(
+            b[5],
+            Block::Code {
+                lang: "rust",
+                code: "fn x() {}".into()
+            }
+        );
+        assert_eq!(
+            b[6],
+            Block::Code {
+                lang: "",
+                code: "still streaming".into()
+            }
+        );
         assert_eq!(parse("#hashtag"), vec![Block::Paragraph("#hashtag")]);
     }
 

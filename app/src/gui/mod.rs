@@ -98,10 +98,6 @@ pub fn run(args: &[String]) -> Result<()> {
         renderer: eframe::Renderer::Wgpu,
         ..Default::default()
     };
-    eframe::run_native(
-        "Volt",
-        native,
-        Box::new(move |_cc| Ok(Box::new(VoltApp::new(options)))),
-    )
-    .map_err(|e| volt_runtime::Error::msg(format!("cannot open the chat window: {e}")))
+    eframe::run_native("Volt", native, Box::new(move |_cc| Ok(Box::new(VoltApp::new(options)))))
+        .map_err(|e| volt_runtime::Error::msg(format!("cannot open the chat window: {e}")))
 }

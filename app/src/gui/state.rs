@@ -157,13 +157,6 @@ impl Default for Settings {
     }
 }
 
-pub enum ModelState {
-    None,
-    Loading(Loading),
-    Ready(Box<ChatModel>),
-    Failed(String),
-}
-
 pub struct Loading {
     pub dir: PathBuf,
     pub stage: String,
@@ -178,7 +171,7 @@ pub const LOAD_STAGES: usize = 3;
 
 enum LoadMessage {
     Stage(String),
-    Done(Result<ChatModel>),
+    Done(Result<Box<ChatModel>>),
 }
 
 /// The reply being streamed.
@@ -234,7 +227,10 @@ impl Experts {
                 None => {
                     self.accumulators.push((r.layer, RoutingAccumulator::new(r.n_experts)));
                     self.accumulators.sort_by_key(|(l, _)| *l);
-                    self.accumulators.iter().position(|(l, _)| *l == r.layer).expect("just added")
+                    self.accumulators
+                        .iter()
+                        .position(|(l, _)| *l == r.layer)
+                        .expect("just added")
                 }
             };
             self.accumulators[i].1.add(&r.probs, &r.chosen);
@@ -274,7 +270,11 @@ pub struct ChatApp {
     pub settings: Settings,
     pub conversations: Vec<Conversation>,
     pub selected: usize,
-    pub model: ModelState,
+    /// The model replies come from; it serves on while another loads.
+    pub model: Option<Box<ChatModel>>,
+    pub loading: Option<Loading>,
+    /// Why there is no model, when loading failed.
+    pub load_error: Option<String>,
     pub generation: Option<Generation>,
     pub experts: Experts,
     /// Problems to show the user (damaged files, failed loads, engine errors), oldest first.
@@ -301,7 +301,9 @@ impl ChatApp {
             settings,
             conversations,
             selected: 0,
-            model: ModelState::None,
+            model: None,
+            loading: None,
+            load_error: None,
             generation: None,
             experts: Experts::default(),
             notices,
@@ -320,7 +322,7 @@ impl ChatApp {
             .map_or_else(|| crate::model_path(None), Ok);
         match model {
             Ok(dir) => app.load_model(dir),
-            Err(e) => app.model = ModelState::Failed(e.to_string()),
+            Err(e) => app.load_error = Some(e.to_string()),
         }
         app
     }
@@ -347,10 +349,7 @@ impl ChatApp {
     }
 
     pub fn chat_model(&self) -> Option<&ChatModel> {
-        match &self.model {
-            ModelState::Ready(m) => Some(m),
-            _ => None,
-        }
+        self.model.as_deref()
     }
 
     pub fn is_generating(&self) -> bool {
@@ -359,7 +358,9 @@ impl ChatApp {
 
     /// Whether the open conversation is the one receiving the reply.
     pub fn generating_here(&self) -> bool {
-        self.generation.as_ref().is_some_and(|g| g.conversation == self.current().id)
+        self.generation
+            .as_ref()
+            .is_some_and(|g| g.conversation == self.current().id)
     }
 
     pub fn kv_usage(&self) -> Option<KvUsage> {
@@ -382,7 +383,7 @@ impl ChatApp {
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.save_now();
         }
-        matches!(self.model, ModelState::Loading(_)) || self.generation.is_some()
+        self.loading.is_some() || self.generation.is_some()
     }
 
     /// Writes every changed conversation and the settings.
@@ -399,39 +400,47 @@ impl ChatApp {
     }
 
     fn poll_loading(&mut self) {
-        let ModelState::Loading(loading) = &mut self.model else { return };
-        loop {
+        let Some(loading) = &mut self.loading else { return };
+        let loaded = loop {
             match loading.messages.try_recv() {
                 Ok(LoadMessage::Stage(s)) => {
                     loading.stage = s;
                     loading.stages_started += 1;
                 }
-                Ok(LoadMessage::Done(Ok(model))) => {
-                    self.settings.model_dir = Some(model.dir.clone());
-                    self.settings_unsaved = true;
-                    self.model = ModelState::Ready(Box::new(model));
-                    if self.settings.show_experts {
-                        self.trace_routing(true);
-                    }
-                    return;
-                }
-                Ok(LoadMessage::Done(Err(e))) => {
-                    let msg = format!("could not load {}: {e}", loading.dir.display());
-                    self.notices.push(msg.clone());
-                    self.model = ModelState::Failed(msg);
-                    return;
-                }
+                Ok(LoadMessage::Done(result)) => break result,
                 Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.model = ModelState::Failed("the model loader stopped".into());
-                    return;
+                Err(TryRecvError::Disconnected) => break Err(volt_runtime::Error::msg("the loader stopped")),
+            }
+        };
+        let dir = self.loading.take().expect("checked above").dir;
+        match loaded {
+            Ok(model) => {
+                // The reply in flight belongs to the old engine.
+                self.stop();
+                if let Some(old) = self.model.replace(model) {
+                    // Its engine thread finishes its step before it stops: let it, off the UI thread.
+                    std::thread::spawn(move || drop(old));
                 }
+                self.load_error = None;
+                self.settings.model_dir = Some(dir);
+                self.settings_unsaved = true;
+                self.experts.trace = None;
+                if self.settings.show_experts {
+                    self.trace_routing(true);
+                }
+            }
+            Err(e) => {
+                let msg = format!("could not load {}: {e}", dir.display());
+                self.notices.push(msg.clone());
+                self.load_error = Some(msg);
             }
         }
     }
 
     fn poll_generation(&mut self) {
-        let Some(conversation) = self.generation.as_ref().map(|g| g.conversation.clone()) else { return };
+        let Some(conversation) = self.generation.as_ref().map(|g| g.conversation.clone()) else {
+            return;
+        };
         let Some(index) = self.conversations.iter().position(|c| c.id == conversation) else {
             self.stop();
             return;
@@ -530,8 +539,15 @@ impl ChatApp {
             },
             content: m.content.clone(),
         }));
-        let partial = if resume { c.messages[answered].content.as_str() } else { "" };
-        let started = c.sampling.options(c.replies).and_then(|opts| model.reply(&history, partial, opts));
+        let partial = if resume {
+            c.messages[answered].content.as_str()
+        } else {
+            ""
+        };
+        let started = c
+            .sampling
+            .options(c.replies)
+            .and_then(|opts| model.reply(&history, partial, opts));
         let model_name = model.name();
         match started {
             Ok((request, events)) => {
@@ -581,14 +597,21 @@ impl ChatApp {
     pub fn can_regenerate(&self) -> bool {
         !self.is_generating()
             && self.chat_model().is_some()
-            && self.current().messages.last().is_some_and(|m| m.role == Role::Assistant)
+            && self
+                .current()
+                .messages
+                .last()
+                .is_some_and(|m| m.role == Role::Assistant)
     }
 
     /// Whether the open conversation ends with a reply that was stopped or ran out of tokens.
     pub fn can_continue(&self) -> bool {
         self.can_regenerate()
             && self.current().messages.last().is_some_and(|m| {
-                matches!(m.reply.as_ref().map(|r| &r.finish), Some(Finish::Stopped | Finish::Length))
+                matches!(
+                    m.reply.as_ref().map(|r| &r.finish),
+                    Some(Finish::Stopped | Finish::Length)
+                )
             })
     }
 
@@ -674,7 +697,11 @@ impl ChatApp {
         if index >= self.conversations.len() {
             return;
         }
-        if self.generation.as_ref().is_some_and(|g| g.conversation == self.conversations[index].id) {
+        if self
+            .generation
+            .as_ref()
+            .is_some_and(|g| g.conversation == self.conversations[index].id)
+        {
             self.stop();
         }
         let gone = self.conversations.remove(index);
@@ -713,11 +740,9 @@ impl ChatApp {
         self.trace_routing(on);
     }
 
-    /// Loads the model in `dir` on a background thread; the current one serves until it is ready.
+    /// Loads the model in `dir` on a background thread; the current one serves until it is ready. A load
+    /// already running is left to finish unheard.
     pub fn load_model(&mut self, dir: PathBuf) {
-        if self.is_generating() {
-            self.stop();
-        }
         let (tx, messages) = mpsc::channel();
         let backend = self.settings.backend.clone();
         let dtype = self.dtype.clone();
@@ -727,18 +752,14 @@ impl ChatApp {
             let model = ChatModel::open(&folder, &backend, dtype.as_deref(), SLOTS, |s| {
                 let _ = stages.send(LoadMessage::Stage(s.to_string()));
             });
-            let _ = tx.send(LoadMessage::Done(model));
+            let _ = tx.send(LoadMessage::Done(model.map(Box::new)));
         });
         if let Err(e) = spawned {
-            self.model = ModelState::Failed(format!("could not start loading: {e}"));
+            self.notices
+                .push(format!("could not start loading {}: {e}", dir.display()));
             return;
         }
-        // The old engine's thread finishes its step before it stops: let it do so off the UI thread.
-        if let ModelState::Ready(old) = std::mem::replace(&mut self.model, ModelState::None) {
-            std::thread::spawn(move || drop(old));
-        }
-        self.experts.trace = None;
-        self.model = ModelState::Loading(Loading {
+        self.loading = Some(Loading {
             dir,
             stage: "starting".into(),
             stages_started: 0,
@@ -803,5 +824,7 @@ fn title_from(text: &str) -> String {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -4,7 +4,7 @@
 use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Sense, Ui};
 
 use super::markdown;
-use super::state::{mib, ChatApp, Finish, ModelState, Role, LOAD_STAGES};
+use super::state::{mib, ChatApp, Finish, Role, LOAD_STAGES};
 use crate::backends::BACKENDS;
 
 #[derive(Default)]
@@ -49,24 +49,21 @@ fn top_bar(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
     egui::Panel::top("top").show(ui, |ui| {
         ui.horizontal(|ui| {
             ui.strong("Volt");
-            match &app.model {
-                ModelState::Ready(m) => {
-                    ui.label(m.name());
-                    ui.weak(&m.describe);
-                }
-                ModelState::Loading(l) => {
-                    let done = l.stages_started.saturating_sub(1) as f32 / LOAD_STAGES as f32;
-                    ui.label(format!("loading {}", l.dir.display()));
-                    ui.add(
-                        egui::ProgressBar::new(done)
-                            .desired_width(180.0)
-                            .text(format!("{} ({:.0}s)", l.stage, l.started.elapsed().as_secs_f32())),
-                    );
-                }
-                ModelState::Failed(e) => {
-                    ui.colored_label(ui.visuals().error_fg_color, "no model").on_hover_text(e);
-                }
-                ModelState::None => {}
+            if let Some(m) = app.chat_model() {
+                ui.label(m.name());
+                ui.weak(m.describe.as_str());
+            } else if let Some(e) = &app.load_error {
+                ui.colored_label(ui.visuals().error_fg_color, "no model")
+                    .on_hover_text(e.as_str());
+            }
+            if let Some(l) = &app.loading {
+                let done = l.stages_started.saturating_sub(1) as f32 / LOAD_STAGES as f32;
+                ui.label(format!("loading {}", l.dir.display()));
+                ui.add(egui::ProgressBar::new(done).desired_width(180.0).text(format!(
+                    "{} ({:.0}s)",
+                    l.stage,
+                    l.started.elapsed().as_secs_f32()
+                )));
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 let dark = app.settings.dark;
@@ -103,49 +100,51 @@ fn conversations(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
     }
     ui.separator();
     let mut action = None;
-    egui::ScrollArea::vertical().id_salt("conversation list").show(ui, |ui| {
-        for (i, c) in app.conversations.iter().enumerate() {
-            let selected = i == app.selected;
-            if let Some((index, title)) = &mut view.renaming {
-                if *index == i {
-                    let r = ui.text_edit_singleline(title);
-                    let mut save = r.lost_focus() && ui.input(|inp| inp.key_pressed(Key::Enter));
+    egui::ScrollArea::vertical()
+        .id_salt("conversation list")
+        .show(ui, |ui| {
+            for (i, c) in app.conversations.iter().enumerate() {
+                let selected = i == app.selected;
+                if let Some((index, title)) = &mut view.renaming {
+                    if *index == i {
+                        let r = ui.text_edit_singleline(title);
+                        let mut save = r.lost_focus() && ui.input(|inp| inp.key_pressed(Key::Enter));
+                        ui.horizontal(|ui| {
+                            save |= ui.small_button("Save name").clicked();
+                            if ui.small_button("Cancel").clicked() {
+                                action = Some(ListAction::CancelRename);
+                            }
+                        });
+                        if save {
+                            action = Some(ListAction::Rename(i, title.clone()));
+                        }
+                        continue;
+                    }
+                }
+                if ui.selectable_label(selected, c.title.as_str()).clicked() && !selected {
+                    action = Some(ListAction::Select(i));
+                }
+                if selected {
                     ui.horizontal(|ui| {
-                        save |= ui.small_button("Save name").clicked();
-                        if ui.small_button("Cancel").clicked() {
-                            action = Some(ListAction::CancelRename);
+                        if view.confirm_delete == Some(i) {
+                            if ui.small_button("Yes, delete").clicked() {
+                                action = Some(ListAction::Delete(i));
+                            }
+                            if ui.small_button("Keep").clicked() {
+                                view.confirm_delete = None;
+                            }
+                        } else {
+                            if ui.small_button("Rename").clicked() {
+                                view.renaming = Some((i, c.title.clone()));
+                            }
+                            if ui.small_button("Delete").clicked() {
+                                view.confirm_delete = Some(i);
+                            }
                         }
                     });
-                    if save {
-                        action = Some(ListAction::Rename(i, title.clone()));
-                    }
-                    continue;
                 }
             }
-            if ui.selectable_label(selected, c.title.as_str()).clicked() && !selected {
-                action = Some(ListAction::Select(i));
-            }
-            if selected {
-                ui.horizontal(|ui| {
-                    if view.confirm_delete == Some(i) {
-                        if ui.small_button("Yes, delete").clicked() {
-                            action = Some(ListAction::Delete(i));
-                        }
-                        if ui.small_button("Keep").clicked() {
-                            view.confirm_delete = None;
-                        }
-                    } else {
-                        if ui.small_button("Rename").clicked() {
-                            view.renaming = Some((i, c.title.clone()));
-                        }
-                        if ui.small_button("Delete").clicked() {
-                            view.confirm_delete = Some(i);
-                        }
-                    }
-                });
-            }
-        }
-    });
+        });
     match action {
         Some(ListAction::Select(i)) => {
             app.select(i);
@@ -188,7 +187,11 @@ fn settings(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
         let mut sampling = app.current().sampling.clone();
         egui::Grid::new("sampling").num_columns(2).show(ui, |ui| {
             ui.label("Temperature");
-            ui.add(egui::DragValue::new(&mut sampling.temperature).range(0.0..=2.0).speed(0.01));
+            ui.add(
+                egui::DragValue::new(&mut sampling.temperature)
+                    .range(0.0..=2.0)
+                    .speed(0.01),
+            );
             ui.end_row();
             ui.label("Top-p");
             ui.add(egui::DragValue::new(&mut sampling.top_p).range(0.0..=1.0).speed(0.01));
@@ -242,14 +245,20 @@ fn settings(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
         if let Some((_, text)) = &view.estimate {
             ui.label(RichText::new(text).small());
         }
-        let loading = matches!(app.model, ModelState::Loading(_));
-        if ui.add_enabled(!loading, egui::Button::new("Load model")).clicked() {
+        if ui
+            .add_enabled(app.loading.is_none(), egui::Button::new("Load model"))
+            .clicked()
+        {
             app.load_model(view.model_dir.trim().into());
         }
         if let Some(m) = app.chat_model() {
             ui.label(RichText::new(format!("in use: {}", m.describe)).small());
         }
-        ui.label(RichText::new(format!("conversations are saved in {}", app.store.dir().display())).small().weak());
+        ui.label(
+            RichText::new(format!("conversations are saved in {}", app.store.dir().display()))
+                .small()
+                .weak(),
+        );
     });
 }
 
@@ -270,37 +279,41 @@ fn experts(app: &mut ChatApp, ui: &mut Ui) {
         Color32::from_rgb(0xc0, 0x30, 0x10)
     };
     let empty = ui.visuals().extreme_bg_color;
-    egui::Grid::new("heatmap").num_columns(3).spacing([6.0, 2.0]).show(ui, |ui| {
-        ui.weak("layer");
-        ui.weak("experts");
-        ui.weak("per token");
-        ui.end_row();
-        for (layer, stats) in &app.experts.layers {
-            ui.monospace(format!("{layer:>2}"));
-            let top = stats.f.iter().cloned().fold(0.0, f64::max).max(1e-9);
-            ui.horizontal(|ui| {
-                ui.spacing_mut().item_spacing.x = 1.0;
-                for (i, &f) in stats.f.iter().enumerate() {
-                    let (rect, response) = ui.allocate_exact_size(cell, Sense::hover());
-                    ui.painter().rect_filled(rect, 2.0, empty.lerp_to_gamma(accent, (f / top) as f32));
-                    response.on_hover_text(format!(
-                        "layer {layer}, expert {i}: f = {f:.3}, activated for {:.0}% of tokens",
-                        stats.load[i] * 100.0
-                    ));
-                }
-            });
-            let counted: usize = stats.experts_per_token.iter().sum();
-            let mean = stats
-                .experts_per_token
-                .iter()
-                .enumerate()
-                .map(|(n, c)| n * c)
-                .sum::<usize>() as f64
-                / counted.max(1) as f64;
-            ui.monospace(format!("{mean:.2}"));
+    egui::Grid::new("heatmap")
+        .num_columns(3)
+        .spacing([6.0, 2.0])
+        .show(ui, |ui| {
+            ui.weak("layer");
+            ui.weak("experts");
+            ui.weak("per token");
             ui.end_row();
-        }
-    });
+            for (layer, stats) in &app.experts.layers {
+                ui.monospace(format!("{layer:>2}"));
+                let top = stats.f.iter().cloned().fold(0.0, f64::max).max(1e-9);
+                ui.horizontal(|ui| {
+                    ui.spacing_mut().item_spacing.x = 1.0;
+                    for (i, &f) in stats.f.iter().enumerate() {
+                        let (rect, response) = ui.allocate_exact_size(cell, Sense::hover());
+                        ui.painter()
+                            .rect_filled(rect, 2.0, empty.lerp_to_gamma(accent, (f / top) as f32));
+                        response.on_hover_text(format!(
+                            "layer {layer}, expert {i}: f = {f:.3}, activated for {:.0}% of tokens",
+                            stats.load[i] * 100.0
+                        ));
+                    }
+                });
+                let counted: usize = stats.experts_per_token.iter().sum();
+                let mean = stats
+                    .experts_per_token
+                    .iter()
+                    .enumerate()
+                    .map(|(n, c)| n * c)
+                    .sum::<usize>() as f64
+                    / counted.max(1) as f64;
+                ui.monospace(format!("{mean:.2}"));
+                ui.end_row();
+            }
+        });
     if let Some((_, first)) = app.experts.layers.first() {
         let spread: Vec<String> = first
             .experts_per_token
@@ -309,7 +322,13 @@ fn experts(app: &mut ChatApp, ui: &mut Ui) {
             .filter(|(_, &c)| c > 0)
             .map(|(n, c)| format!("{n}: {c}"))
             .collect();
-        ui.label(RichText::new(format!("experts per token (tokens), first MoE layer: {}", spread.join(", "))).small());
+        ui.label(
+            RichText::new(format!(
+                "experts per token (tokens), first MoE layer: {}",
+                spread.join(", ")
+            ))
+            .small(),
+        );
     }
 }
 
@@ -356,10 +375,12 @@ fn input(app: &mut ChatApp, ui: &mut Ui) {
 fn messages(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
     if app.current().messages.is_empty() {
         ui.centered_and_justified(|ui| {
-            ui.weak(match &app.model {
-                ModelState::Ready(_) => "Type a message below. Enter sends, Shift+Enter adds a line.",
-                ModelState::Loading(_) => "Loading the model…",
-                _ => "No model: open one in Settings.",
+            ui.weak(if app.chat_model().is_some() {
+                "Type a message below. Enter sends, Shift+Enter adds a line."
+            } else if app.loading.is_some() {
+                "Loading the model..."
+            } else {
+                "No model: open one in Settings."
             });
         });
         return;
