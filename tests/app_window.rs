@@ -2,16 +2,20 @@
 //! saved to disk, and a screenshot of the screen (`import` from ImageMagick). `UPDATE_SNAPSHOTS=1` copies
 //! the screenshot to docs/images/volt-chat.png for the README. Without Xvfb, xdotool or import: SKIP.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the child when the test ends, however it ends.
+/// Ends the child when the test ends, however it ends: SIGTERM, so Xvfb removes its lock and socket.
 struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let terminated = Command::new("kill").arg(self.0.id().to_string()).status();
+        if !terminated.is_ok_and(|s| s.success()) {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
@@ -41,23 +45,23 @@ fn xdotool(display: &str, args: &[&str]) {
     assert!(status.success(), "xdotool {args:?}");
 }
 
-/// The saved conversation's assistant reply, once it is complete.
-fn saved_reply(data: &Path) -> Option<String> {
+/// The saved conversation's question and reply, once the reply is complete.
+fn saved_exchange(data: &Path) -> Option<(String, String)> {
     for entry in std::fs::read_dir(data.join("conversations")).ok()? {
         let path = entry.ok()?.path();
         if path.extension().is_some_and(|x| x == "json") {
             let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
             let messages = v["messages"].as_array()?;
-            if let Some(m) = messages
-                .iter()
-                .find(|m| m["role"] == "assistant" && m["reply"].is_object())
-            {
-                return m["content"].as_str().map(str::to_string);
+            if messages.len() == 2 && messages[1]["reply"].is_object() {
+                let text = |m: &serde_json::Value| m["content"].as_str().map(str::to_string);
+                return Some((text(&messages[0])?, text(&messages[1])?));
             }
         }
     }
     None
 }
+
+const QUESTION: &str = "Good morning! How is your sister?";
 
 #[test]
 fn the_window_converses_with_the_shipped_model() {
@@ -69,25 +73,22 @@ fn the_window_converses_with_the_shipped_model() {
         );
         return;
     }
-    // A display number no other X server holds (its lock file names it).
-    let number = (90..400)
-        .map(|n| n + std::process::id() % 100)
-        .find(|n| !Path::new(&format!("/tmp/.X{n}-lock")).exists())
-        .expect("a free X display number");
-    let display = format!(":{number}");
-    // The screen is the window's size, so the screenshot is the window.
+    // Xvfb picks a free display and writes its number to stdout once it accepts connections. The screen
+    // is the window's size, so the screenshot is the window.
     let mut xvfb = Running(
         Command::new("Xvfb")
-            .args([display.as_str(), "-screen", "0", "1180x760x24", "-nolisten", "tcp"])
+            .args(["-displayfd", "1", "-screen", "0", "1180x760x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-    wait_for("Xvfb", Duration::from_secs(20), || {
-        assert!(xvfb.0.try_wait().unwrap().is_none(), "Xvfb {display} exited");
-        socket.exists()
-    });
+    let mut number = String::new();
+    BufReader::new(xvfb.0.stdout.take().unwrap())
+        .read_line(&mut number)
+        .unwrap();
+    assert!(!number.trim().is_empty(), "Xvfb did not start");
+    let display = format!(":{}", number.trim());
 
     let data = tempfile::tempdir().unwrap();
     // Saved settings as a user would leave them: the experts panel open, replies of up to 60 tokens.
@@ -124,16 +125,16 @@ fn the_window_converses_with_the_shipped_model() {
     // the bottom of the 1180x760 window).
     xdotool(&display, &["search", "--name", "^Volt$", "windowfocus", "--sync"]);
     xdotool(&display, &["mousemove", "640", "733", "click", "1"]);
-    xdotool(
-        &display,
-        &["type", "--delay", "30", "Good morning! How is your sister?"],
-    );
+    // The box takes keys once the click's frame has run.
+    std::thread::sleep(Duration::from_millis(500));
+    xdotool(&display, &["type", "--delay", "30", QUESTION]);
     xdotool(&display, &["key", "Return"]);
     wait_for("the reply saved", Duration::from_secs(120), || {
         assert!(!app_log().contains("error:"), "volt chat failed: {}", app_log());
-        saved_reply(data.path()).is_some()
+        saved_exchange(data.path()).is_some()
     });
-    let reply = saved_reply(data.path()).unwrap();
+    let (question, reply) = saved_exchange(data.path()).unwrap();
+    assert_eq!(question, QUESTION, "typed keys were lost");
     assert!(!reply.trim().is_empty(), "an empty reply; app log:\n{}", app_log());
     std::thread::sleep(Duration::from_secs(1));
 
