@@ -144,6 +144,7 @@ impl Engine {
         }
     }
 
+    /// KV bytes the slots hold, as of the end of the last step.
     pub fn kv_usage(&self) -> KvUsage {
         KvUsage {
             used_bytes: self.counters.kv_used_bytes.load(Ordering::Relaxed),
