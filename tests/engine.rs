@@ -350,3 +350,59 @@ fn bad_requests_get_an_error_event_and_the_engine_goes_on() {
     );
     assert_eq!(done.tokens.len(), 3);
 }
+
+/// The opt-in routing trace delivers every step's MoE routing (each token of each MoE layer, as many
+/// tokens as the step fed) while it is on and nothing after; the KV usage follows the cached tokens.
+#[test]
+fn routing_trace_and_kv_usage_follow_the_steps() {
+    let dir = fixtures_root().join("volt");
+    let cpu = session(&dir, "cpu", 1);
+    let vocab = cpu.spec().vocab_size;
+    let engine = Engine::start(cpu, None, vec![]);
+    assert_eq!(engine.kv_usage().used_bytes, 0);
+    assert!(engine.kv_usage().capacity_bytes > 0);
+    let (to, trace) = std::sync::mpsc::channel();
+    engine.trace_routing(Some(to));
+    let prompt = prompts(&[20], vocab).remove(0);
+    let (_, done) = finish(
+        engine
+            .submit(Request {
+                prompt: prompt.clone(),
+                options: greedy(4),
+            })
+            .1,
+    );
+    let steps: Vec<_> = trace.try_iter().collect();
+    // One prefill step (20 tokens) and one step per generated token after the first.
+    assert_eq!(steps.len(), 1 + done.tokens.len() - 1, "{} steps", steps.len());
+    let moe_layers = steps[0].len();
+    assert!(moe_layers > 0);
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(step.len(), moe_layers);
+        for layer in step {
+            let tokens = if i == 0 { prompt.len() } else { 1 };
+            assert_eq!(layer.chosen.len(), tokens);
+            assert_eq!(layer.probs.len(), tokens * layer.n_experts);
+        }
+    }
+    // The scheduler publishes the usage after the step that sent Done: wait for it.
+    let cached = prompt.len() + done.tokens.len() - 1;
+    let start = std::time::Instant::now();
+    while engine.kv_usage().cached_tokens != cached && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let usage = engine.kv_usage();
+    assert_eq!(usage.cached_tokens, cached);
+    assert!(usage.used_bytes > 0 && usage.used_bytes <= usage.capacity_bytes);
+
+    engine.trace_routing(None);
+    finish(
+        engine
+            .submit(Request {
+                prompt,
+                options: greedy(2),
+            })
+            .1,
+    );
+    assert_eq!(trace.try_iter().count(), 0, "tracing was turned off");
+}

@@ -13,7 +13,7 @@ use volt_runtime::{bail, Result};
 pub const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "cuda"];
 
 /// Tokens a GPU KV cache holds per sequence unless the model's context is shorter.
-const GPU_CONTEXT: usize = 8192;
+pub const GPU_CONTEXT: usize = 8192;
 
 /// Loads `dir` onto the chosen backend with `slots` sequence slots. Weights stay in the checkpoint's own
 /// precision unless `dtype` asks for another.

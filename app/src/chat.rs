@@ -1,21 +1,19 @@
-//! `volt chat`: a conversation with the model in the terminal (the desktop app will take over `volt chat`;
-//! this stays as `volt chat --terminal`). Each turn renders the whole history through the chat template and
-//! goes to the engine, which continues from the earlier turns' cached KV and prefills only the new tokens.
+//! `volt chat --terminal`: a conversation with the model in the terminal (`volt chat` opens the desktop
+//! app). Each turn goes through `ChatModel::reply`, which reuses the earlier turns' cached KV.
 
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use volt_runtime::chat_template::{ChatMessage, ChatTemplate};
-use volt_runtime::engine::{Engine, Event, Request};
-use volt_runtime::generate::{self as gen, GenerateOptions};
+use volt_runtime::chat_template::ChatMessage;
+use volt_runtime::engine::Event;
+use volt_runtime::generate::GenerateOptions;
 use volt_runtime::sampler::SamplingParams;
-use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result};
 
-use crate::backends;
+use crate::chat_model::ChatModel;
 use crate::cli::Flags;
 
-pub fn chat(args: &[String]) -> Result<()> {
+pub fn terminal(args: &[String]) -> Result<()> {
     let flags = Flags::parse(
         args,
         &[
@@ -30,16 +28,13 @@ pub fn chat(args: &[String]) -> Result<()> {
         &["terminal"],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
-    let Some(tokenizer) = Tokenizer::from_dir(&dir)? else {
-        bail!("{} has no tokenizer.json: chat needs one", dir.display())
-    };
-    let Some(template) = ChatTemplate::from_dir(&dir)? else {
-        bail!("{} has no chat template", dir.display())
-    };
-    let session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
-    let eos = gen::eos_ids(&dir, session.spec(), Some(&tokenizer));
-    let describe = session.describe();
-    let engine = Engine::start(session, Some(tokenizer.clone()), eos);
+    let model = ChatModel::open(
+        &dir,
+        flags.str("backend").unwrap_or("auto"),
+        flags.str("dtype"),
+        1,
+        |_| {},
+    )?;
     let defaults = SamplingParams::default();
     let opts = GenerateOptions {
         max_tokens: flags.get_or("max-tokens", 256)?,
@@ -64,7 +59,7 @@ pub fn chat(args: &[String]) -> Result<()> {
     eprintln!(
         "volt chat on {} ({}); /reset starts over, /exit or Ctrl-D quits",
         dir.display(),
-        describe
+        model.describe
     );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -88,14 +83,10 @@ pub fn chat(args: &[String]) -> Result<()> {
                 content: text.into(),
             }),
         }
-        let prompt = tokenizer.encode(&template.render(&history, true)?, false)?;
         let _ = write!(stdout, "volt> ");
         let started = Instant::now();
         let mut first_token = None;
-        let (_, events) = engine.submit(Request {
-            prompt,
-            options: opts.clone(),
-        });
+        let (_, events) = model.reply(&history, "", opts.clone())?;
         let mut done = None;
         for event in events {
             match event {

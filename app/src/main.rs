@@ -1,18 +1,17 @@
-//! `volt`: the command line (and later the desktop chat app) on the shared runtime.
+//! `volt`: the command line and the desktop chat app on the shared runtime.
 
-mod backends;
 mod bench;
-mod chat;
 mod check;
 mod check_cuda;
-mod cli;
 mod eval;
 mod generate;
 mod info;
 mod serve;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
+
+// The commands name these as `crate::…`; they live in the library so the app's tests can reach them.
+use volt_app::{backends, chat, cli, model_path};
 
 use volt_runtime::{bail, Result};
 
@@ -22,7 +21,7 @@ volt: Mixture-of-Experts inference on the CPU, any GPU (wgpu) and Hopper (CUDA F
 usage: volt <command> [flags]
 
 commands:
-  chat       talk to the model (terminal; the shipped model unless --model)
+  chat       the desktop chat app (also `volt` alone; --terminal: chat in the terminal)
   generate   generate text or tokens from a prompt (streams to stdout)
   logits     print the logits of every position of --ids as JSON
   info       parameters, layer layout and KV-cache size of a model or config.json
@@ -65,6 +64,10 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let Some(command) = args.first() else {
+        // `volt` alone opens the app; on a machine with no display it says what the commands are.
+        if volt_app::gui::display_available() {
+            return volt_app::gui::run(&[]);
+        }
         println!("{USAGE}");
         return Ok(());
     };
@@ -74,7 +77,8 @@ fn run(args: &[String]) -> Result<()> {
         return Ok(());
     }
     match command.as_str() {
-        "chat" => chat::chat(rest),
+        "chat" if rest.iter().any(|a| a == "--terminal") => chat::terminal(rest),
+        "chat" => volt_app::gui::run(rest),
         "generate" => generate::generate(rest),
         "logits" => generate::logits(rest),
         "info" => info::info(rest),
@@ -99,7 +103,8 @@ fn run(args: &[String]) -> Result<()> {
 
 fn help(command: &str) -> Result<&'static str> {
     Ok(match command {
-        "chat" => "volt chat [--model DIR] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S] [--backend B] [--dtype D] [--terminal]",
+        "chat" => "volt chat [--model DIR] [--backend B] [--dtype D]   (the desktop app)
+volt chat --terminal [--model DIR] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S] [--backend B] [--dtype D]",
         "generate" => "volt generate [--model DIR] (--prompt TEXT | --ids LIST) [--max-tokens N] [--temperature T] [--top-k K]
               [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--chat] [--system TEXT]
               [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--json]",
@@ -112,23 +117,4 @@ fn help(command: &str) -> Result<&'static str> {
         "serve" => "volt serve [--model DIR] [--host 127.0.0.1] [--port 8080] [--slots N] [--kv-pool TOKENS] [--backend B] [--dtype D]",
         other => bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench, serve)"),
     })
-}
-
-/// `--model`, else `$VOLT_MODEL`, else the model shipped in assets/.
-pub fn model_path(flag: Option<&str>) -> Result<PathBuf> {
-    if let Some(p) = flag {
-        let path = PathBuf::from(p);
-        if !path.exists() {
-            bail!("model path {} does not exist", path.display());
-        }
-        return Ok(path);
-    }
-    if let Ok(p) = std::env::var("VOLT_MODEL") {
-        return model_path(Some(&p));
-    }
-    let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/volt-tiny"));
-    if !shipped.join("config.json").exists() {
-        bail!("no --model given and the default model is not at {}", shipped.display());
-    }
-    Ok(shipped)
 }

@@ -31,7 +31,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::backend::Step;
+use crate::backend::{LayerRouting, Step};
 use crate::error::Result;
 use crate::generate::{check_request, FinishReason, GenerateOptions, SequenceOutput, PREFILL_CHUNK};
 use crate::sampler::{Sampler, SamplingParams};
@@ -84,6 +84,15 @@ pub struct Stats {
     pub prepared_ahead: u64,
 }
 
+/// KV-cache occupancy by the `ModelSpec::kv_bytes` accounting (what `volt info` reports): the tokens every
+/// slot holds, running or kept for prefix reuse, against every slot filled to the context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub cached_tokens: usize,
+}
+
 #[derive(Default)]
 struct Counters {
     running: AtomicUsize,
@@ -92,11 +101,14 @@ struct Counters {
     cancelled: AtomicU64,
     preempted: AtomicU64,
     prepared_ahead: AtomicU64,
+    kv_used_bytes: AtomicU64,
+    kv_cached_tokens: AtomicUsize,
 }
 
 enum Control {
     Submit(u64, Request, Sender<Event>),
     Cancel(u64),
+    TraceRouting(Option<Sender<Vec<LayerRouting>>>),
     Shutdown,
 }
 
@@ -112,6 +124,7 @@ pub struct Engine {
     control: Sender<Control>,
     next_id: AtomicU64,
     counters: Arc<Counters>,
+    kv_capacity_bytes: u64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -121,6 +134,7 @@ impl Engine {
         let (control, inbox) = mpsc::channel();
         let slots = (0..session.slots()).map(|_| Slot::default()).collect();
         let counters = Arc::new(Counters::default());
+        let kv_capacity_bytes = session.slots() as u64 * session.spec().kv_bytes(session.context());
         let scheduler = Scheduler {
             counters: counters.clone(),
             session,
@@ -133,6 +147,7 @@ impl Engine {
             in_flight: None,
             slots,
             clock: 0,
+            routing: None,
         };
         let thread = std::thread::Builder::new()
             .name("volt-engine".into())
@@ -142,6 +157,7 @@ impl Engine {
             control,
             next_id: AtomicU64::new(1),
             counters,
+            kv_capacity_bytes,
             thread: Some(thread),
         }
     }
@@ -156,6 +172,21 @@ impl Engine {
             preempted: c.preempted.load(Ordering::Relaxed),
             prepared_ahead: c.prepared_ahead.load(Ordering::Relaxed),
         }
+    }
+
+    /// KV bytes the slots hold, as of the end of the last step.
+    pub fn kv_usage(&self) -> KvUsage {
+        KvUsage {
+            used_bytes: self.counters.kv_used_bytes.load(Ordering::Relaxed),
+            capacity_bytes: self.kv_capacity_bytes,
+            cached_tokens: self.counters.kv_cached_tokens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends the MoE routing of every later step (all its tokens, every MoE layer) to `to`, until tracing is
+    /// turned off with `None` or the receiver is dropped. Off by default: recording costs a copy per layer.
+    pub fn trace_routing(&self, to: Option<Sender<Vec<LayerRouting>>>) {
+        let _ = self.control.send(Control::TraceRouting(to));
     }
 
     /// Queues a request; its events arrive on the receiver, ending with `Done` or `Error`.
@@ -232,6 +263,7 @@ struct Scheduler {
     in_flight: Option<Vec<u64>>,
     slots: Vec<Slot>,
     clock: u64,
+    routing: Option<Sender<Vec<LayerRouting>>>,
 }
 
 impl Scheduler {
@@ -272,10 +304,36 @@ impl Scheduler {
     /// Prepares the next step while the device runs the one in flight, then collects that one and launches
     /// the next. Where the session cannot record ahead the order is the same, only without the overlap.
     fn step(&mut self) -> Result<()> {
+        if self.routing.is_some() {
+            // The routing trace reads the device after each step: nothing may be recorded ahead of it.
+            let ran = self.in_flight.is_some();
+            let chosen = self.collect()?;
+            if ran {
+                self.send_routing()?;
+            }
+            if !self.running.is_empty() {
+                if let Some(next) = self.prepare()? {
+                    self.launch(next, &chosen)?;
+                }
+            }
+            return Ok(());
+        }
         let next = if self.running.is_empty() { None } else { self.prepare()? };
         let chosen = self.collect()?;
         if let Some(next) = next {
             self.launch(next, &chosen)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the routing of the step just collected to the trace's receiver; stops tracing when it is gone.
+    fn send_routing(&mut self) -> Result<()> {
+        let routing = self.session.take_routing()?;
+        if let Some(to) = &self.routing {
+            if to.send(routing).is_err() {
+                self.session.trace_routing(false);
+                self.routing = None;
+            }
         }
         Ok(())
     }
@@ -285,6 +343,11 @@ impl Scheduler {
         self.counters
             .queued
             .store(self.queue.len() + self.preempted.len(), Ordering::Relaxed);
+        let spec = self.session.spec();
+        let kv: u64 = self.slots.iter().map(|s| spec.kv_bytes(s.tokens.len())).sum();
+        let tokens = self.slots.iter().map(|s| s.tokens.len()).sum();
+        self.counters.kv_used_bytes.store(kv, Ordering::Relaxed);
+        self.counters.kv_cached_tokens.store(tokens, Ordering::Relaxed);
     }
 
     /// Applies a control message; false on shutdown.
@@ -302,6 +365,10 @@ impl Scheduler {
                     self.release(&seq);
                     self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Control::TraceRouting(to) => {
+                self.session.trace_routing(to.is_some());
+                self.routing = to;
             }
             Control::Shutdown => return false,
         }
