@@ -305,12 +305,9 @@ impl Scheduler {
     /// the next. Where the session cannot record ahead the order is the same, only without the overlap.
     fn step(&mut self) -> Result<()> {
         if self.routing.is_some() {
-            // The routing trace reads the device after each step: nothing may be recorded ahead of it.
-            let ran = self.in_flight.is_some();
+            // The routing trace reads the device after each step (in `collect`): nothing may be recorded
+            // ahead of it.
             let chosen = self.collect()?;
-            if ran {
-                self.send_routing()?;
-            }
             if !self.running.is_empty() {
                 if let Some(next) = self.prepare()? {
                     self.launch(next, &chosen)?;
@@ -622,6 +619,10 @@ impl Scheduler {
             return Ok(Vec::new());
         };
         let ids = self.session.collect()?;
+        if self.routing.is_some() {
+            // Before the tokens go out, so whoever receives `Done` has the trace of every step.
+            self.send_routing()?;
+        }
         let chosen: Vec<(u64, u32)> = pickers.iter().copied().zip(ids).collect();
         for &(seq_id, id) in &chosen {
             // A sequence preempted meanwhile still takes its token: the step ran on its cache.
