@@ -15,7 +15,7 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
-use volt_runtime::backend::kv_pages::PagePool;
+use volt_runtime::backend::kv_pages::{paged_kv_dims, PagePool};
 use volt_runtime::backend::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::error::Error;
@@ -115,14 +115,8 @@ impl KvCache for CudaCache {
     fn capacity(&self) -> usize {
         self.capacity
     }
-    fn pages_needed(&self, slot: usize, len: usize) -> usize {
-        self.pages.pages_needed(slot, len)
-    }
-    fn free_pages(&self) -> usize {
-        self.pages.free_pages()
-    }
-    fn pool_pages(&self) -> usize {
-        self.pages.pages()
+    fn pages(&self) -> &PagePool {
+        &self.pages
     }
 }
 
@@ -787,10 +781,7 @@ impl Backend for CudaBackend {
     }
 
     fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<CudaCache> {
-        let paged = (0..spec.n_layers()).any(|i| {
-            let a = &spec.layers[i].attn;
-            a.kv_source == i && a.window().is_none()
-        });
+        let paged = paged_kv_dims(spec).next().is_some();
         let context = self.context.min(spec.max_position_embeddings).max(1);
         let pool_tokens = pool_tokens.unwrap_or(slots * context);
         // A sequence never outgrows the pool.

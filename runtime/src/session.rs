@@ -41,7 +41,7 @@ pub trait Session {
     fn truncate(&mut self, slot: usize, len: usize);
     /// Sequence slots the cache holds.
     fn slots(&self) -> usize;
-    /// See `KvCache::pages_needed`, `free_pages` and `pool_pages`: the engine schedules within the pool.
+    /// The cache's page pool (`KvCache::pages`), for the engine to schedule within.
     fn pages_needed(&self, slot: usize, len: usize) -> usize;
     fn free_pages(&self) -> usize;
     fn pool_pages(&self) -> usize;
@@ -208,15 +208,15 @@ impl<B: Backend> Session for BackendSession<B> {
     }
 
     fn pages_needed(&self, slot: usize, len: usize) -> usize {
-        self.cache.pages_needed(slot, len)
+        self.cache.pages().pages_needed(slot, len)
     }
 
     fn free_pages(&self) -> usize {
-        self.cache.free_pages()
+        self.cache.pages().free_pages()
     }
 
     fn pool_pages(&self) -> usize {
-        self.cache.pool_pages()
+        self.cache.pages().pages()
     }
 
     fn context(&self) -> usize {

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::kv_pages::PagePool;
+use super::kv_pages::{paged_kv_dims, PagePool};
 use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
@@ -137,14 +137,8 @@ impl KvCache for CpuCache {
     fn capacity(&self) -> usize {
         self.context
     }
-    fn pages_needed(&self, slot: usize, len: usize) -> usize {
-        self.pages.pages_needed(slot, len)
-    }
-    fn free_pages(&self) -> usize {
-        self.pages.free_pages()
-    }
-    fn pool_pages(&self) -> usize {
-        self.pages.pages()
+    fn pages(&self) -> &PagePool {
+        &self.pages
     }
 }
 
@@ -336,7 +330,7 @@ impl Backend for CpuBackend {
 
     fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<CpuCache> {
         let owns = |i: usize| spec.layers[i].attn.kv_source == i;
-        let paged = (0..spec.n_layers()).any(|i| owns(i) && spec.layers[i].attn.window().is_none());
+        let paged = paged_kv_dims(spec).next().is_some();
         let pool_tokens = pool_tokens.unwrap_or(slots * spec.max_position_embeddings);
         // A sequence never outgrows the pool.
         let context = if paged {

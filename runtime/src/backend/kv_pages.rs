@@ -6,9 +6,19 @@
 
 use super::Step;
 use crate::error::Result;
+use crate::spec::ModelSpec;
 
 /// Positions per page. `shaders/kv_pages.wgsl` holds the same number.
 pub const KV_PAGE: usize = 32;
+
+/// The KV widths of the layers whose KV is paged: full-attention layers that own their KV.
+pub fn paged_kv_dims(spec: &ModelSpec) -> impl Iterator<Item = usize> + Clone + '_ {
+    spec.layers
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| l.attn.kv_source == *i && l.attn.window().is_none())
+        .map(|(_, l)| l.attn.kv_dim())
+}
 
 pub struct PagePool {
     /// Per slot, its pages in position order.

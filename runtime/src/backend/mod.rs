@@ -301,10 +301,8 @@ pub trait KvCache {
     fn slots(&self) -> usize;
     /// The most positions a sequence may reach: the model's context, bounded by the cache and its pool.
     fn capacity(&self) -> usize;
-    /// Pages of the full-attention pool (`kv_pages.rs`) a slot must gain to hold positions `0..len`.
-    fn pages_needed(&self, slot: usize, len: usize) -> usize;
-    fn free_pages(&self) -> usize;
-    fn pool_pages(&self) -> usize;
+    /// The full-attention layers' page pool (`kv_pages.rs`) the cache counts its positions in.
+    fn pages(&self) -> &kv_pages::PagePool;
 }
 
 /// The routed experts of one MoE layer and their router.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::kv_pages::{PagePool, KV_PAGE};
+use super::kv_pages::{paged_kv_dims, PagePool, KV_PAGE};
 use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::bail;
 use crate::checkpoint::HostTensor;
@@ -162,14 +162,8 @@ impl KvCache for WgpuCache {
     fn capacity(&self) -> usize {
         self.context
     }
-    fn pages_needed(&self, slot: usize, len: usize) -> usize {
-        self.pages.pages_needed(slot, len)
-    }
-    fn free_pages(&self) -> usize {
-        self.pages.free_pages()
-    }
-    fn pool_pages(&self) -> usize {
-        self.pages.pages()
+    fn pages(&self) -> &PagePool {
+        &self.pages
     }
 }
 
@@ -948,12 +942,7 @@ impl Backend for WgpuBackend {
         }
         let context = self.context.min(spec.max_position_embeddings);
         let max = self.gpu.max_binding();
-        let full_kv_dims = spec
-            .layers
-            .iter()
-            .enumerate()
-            .filter(|(i, l)| l.attn.kv_source == *i && l.attn.window().is_none())
-            .map(|(_, l)| l.attn.kv_dim());
+        let full_kv_dims = paged_kv_dims(spec);
         let paged = full_kv_dims.clone().next().is_some();
         // The pool's pages must fit one binding in the widest full layer: a smaller default pool, never
         // less than one whole context.
