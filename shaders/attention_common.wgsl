@@ -19,10 +19,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-// Pairs of neighbouring values (kv_f16.wgsl or kv_f32.wgsl): element i of a cache is half i % 2 of pair
-// i / 2; kv_dim and head_dim are even.
-@group(0) @binding(2) var<storage, read> k_cache: array<KvPair>;
-@group(0) @binding(3) var<storage, read> v_cache: array<KvPair>;
+// Words of KV_PER_WORD neighbouring values (kv_f16.wgsl, kv_f32.wgsl or kv_fp8.wgsl), read a pair at a time;
+// kv_dim and head_dim are even.
+@group(0) @binding(2) var<storage, read> k_cache: array<KvWord>;
+@group(0) @binding(3) var<storage, read> v_cache: array<KvWord>;
 @group(0) @binding(4) var<storage, read> positions: array<u32>;
 @group(0) @binding(5) var<storage, read> seqs: array<u32>;
 
@@ -72,7 +72,7 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
             let base = kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset;
             var dot = 0.0;
             for (var e = 0u; e < hd; e += 2u) {
-                let key = kv_load(k_cache[(base + e) / 2u]);
+                let key = k_pair(base + e);
                 dot += q_row[e] * key.x + q_row[e + 1u] * key.y;
             }
             s = dot * p.scale;
@@ -106,8 +106,17 @@ fn attend(state_in: Softmax, h: u32, seq: u32, first: u32, last: u32, lid: u32) 
     return state;
 }
 
+// Elements i and i + 1 (i even) of the K or V cache.
+fn k_pair(i: u32) -> vec2<f32> {
+    return kv_unpack_pair(k_cache[i / KV_PER_WORD], (i % KV_PER_WORD) / 2u);
+}
+
+fn v_pair(i: u32) -> vec2<f32> {
+    return kv_unpack_pair(v_cache[i / KV_PER_WORD], (i % KV_PER_WORD) / 2u);
+}
+
 // Element i of the V cache.
 fn v_value(i: u32) -> f32 {
-    let pair = kv_load(v_cache[i / 2u]);
+    let pair = v_pair(i & ~1u);
     return select(pair.x, pair.y, (i & 1u) == 1u);
 }

@@ -64,9 +64,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             var kv = vec2<f32>(0.0);
             var vv = vec2<f32>(0.0);
             if (j <= last) {
-                let at = (kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset + d) / 2u;
-                kv = kv_load(k_cache[at]);
-                vv = kv_load(v_cache[at]);
+                let at = kv_row(seq, j, p.capacity, p.pages_per_seq) * p.kv_dim + kv_offset + d;
+                kv = k_pair(at);
+                vv = v_pair(at);
             }
             k_tile[key * MAX_DIM + d] = kv.x;
             k_tile[key * MAX_DIM + d + 1u] = kv.y;

@@ -1,10 +1,11 @@
-// KV cache values in f32, a pair of neighbouring values per element (the same indexing as kv_f16.wgsl).
-alias KvPair = vec2<f32>;
+// KV cache values in f32, two neighbouring values per word (the interface of kv_f16.wgsl).
+alias KvWord = vec2<f32>;
+const KV_PER_WORD: u32 = 2u;
 
-fn kv_load(pair: KvPair) -> vec2<f32> {
-    return pair;
+fn kv_unpack_pair(word: KvWord, pair: u32) -> vec2<f32> {
+    return word;
 }
 
-fn kv_store(values: vec2<f32>) -> KvPair {
-    return values;
+fn kv_pack(values: vec4<f32>) -> KvWord {
+    return values.xy;
 }

@@ -13,18 +13,25 @@ struct Params {
 @group(0) @binding(2) var<storage, read> v: array<f32>;
 @group(0) @binding(3) var<storage, read> positions: array<u32>;
 @group(0) @binding(4) var<storage, read> seqs: array<u32>;
-// Pairs of neighbouring values (kv_f16.wgsl or kv_f32.wgsl); kv_dim is even, so a pair never straddles rows.
-@group(0) @binding(5) var<storage, read_write> k_cache: array<KvPair>;
-@group(0) @binding(6) var<storage, read_write> v_cache: array<KvPair>;
+// Words of KV_PER_WORD neighbouring values (kv_f16.wgsl, kv_f32.wgsl or kv_fp8.wgsl); kv_dim is a multiple
+// of KV_PER_WORD, so a word never straddles rows.
+@group(0) @binding(5) var<storage, read_write> k_cache: array<KvWord>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<KvWord>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let pairs = p.rows * p.kv_dim / 2u;
-    for (var i = gid.x; i < pairs; i += nwg.x * 64u) {
-        let src = 2u * i;
+    let words = p.rows * p.kv_dim / KV_PER_WORD;
+    for (var i = gid.x; i < words; i += nwg.x * 64u) {
+        let src = KV_PER_WORD * i;
         let r = src / p.kv_dim;
         let dst = kv_row(seqs[r], positions[r], p.capacity, p.pages_per_seq) * p.kv_dim + src % p.kv_dim;
-        k_cache[dst / 2u] = kv_store(vec2<f32>(k[src], k[src + 1u]));
-        v_cache[dst / 2u] = kv_store(vec2<f32>(v[src], v[src + 1u]));
+        var key = vec4<f32>(0.0);
+        var value = vec4<f32>(0.0);
+        for (var c = 0u; c < KV_PER_WORD; c++) {
+            key[c] = k[src + c];
+            value[c] = v[src + c];
+        }
+        k_cache[dst / KV_PER_WORD] = kv_pack(key);
+        v_cache[dst / KV_PER_WORD] = kv_pack(value);
     }
 }

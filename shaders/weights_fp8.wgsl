@@ -1,20 +1,10 @@
-// Weight access for FP8 E4M3 matrices with one f32 scale per 128x128 block (Hugging Face FP8 layout).
+// Weight access for FP8 E4M3 matrices with one f32 scale per 128x128 block (Hugging Face FP8 layout); the
+// codes decode with e4m3.wgsl, built beside this file.
 // One buffer holds a header, the scales and the codes, so FP8 needs no extra binding:
 //   w[0] rows per group (the block grid restarts at each group: stacked experts keep their own blocks)
 //   w[1] column blocks, w[2] row blocks per group, w[3] word offset of the codes
 //   w[4..] scales [groups][row blocks][column blocks] as f32 bits; then the codes, four per word, low byte first.
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-
-// E4M3 ("e4m3fn": bias 7, no infinities) to f32. Normal codes move their exponent and mantissa into f32's
-// fields (bias 7 -> 127); subnormals are m * 2^-9.
-fn e4m3(code: u32) -> f32 {
-    let mag = code & 0x7fu;
-    var v = bitcast<f32>((mag << 20u) + (120u << 23u));
-    if (mag < 8u) {
-        v = f32(mag) * 0.001953125;
-    }
-    return select(v, -v, (code & 0x80u) != 0u);
-}
 
 fn w_at(row: u32, col: u32, ncols: u32) -> f32 {
     let rows = w[0];

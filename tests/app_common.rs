@@ -21,7 +21,7 @@ pub fn open_app(
         data_dir: data.to_path_buf(),
         model: Some(volt_app::model_path(None).unwrap()),
         backend: Some("cpu".into()),
-        dtype: None,
+        dtypes: Default::default(),
     };
     let mut builder = Harness::builder().with_size([1100.0, 700.0]).allow_missing_glyphs();
     if let Some(setup) = renderer {

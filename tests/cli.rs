@@ -324,18 +324,10 @@ fn empty_input_is_a_clean_error() {
 fn unknown_backend_and_flags_are_clean_errors() {
     let dir = fixture("llama");
     assert_clean_error(&logits_on("tpu", &dir, "1"), "unknown backend `tpu`");
-    assert_clean_error(
-        &volt(&[
-            "logits",
-            "--model",
-            dir.to_str().unwrap(),
-            "--ids",
-            "1",
-            "--bakend",
-            "cpu",
-        ]),
-        "unknown flag --bakend",
-    );
+    let logits_with =
+        |flag: &str, value: &str| volt(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1", flag, value]);
+    assert_clean_error(&logits_with("--bakend", "cpu"), "unknown flag --bakend");
+    assert_clean_error(&logits_with("--kv-dtype", "bf16"), "unknown KV dtype `bf16`");
     assert_clean_error(&volt(&["frobnicate"]), "unknown command");
 }
 
@@ -475,6 +467,71 @@ fn yi_lightning_layout_saves_the_reports_82_8_percent_of_kv() {
         "the second full layer reads the first one's KV"
     );
     assert_eq!(layers[0]["window"], 4096);
+}
+
+/// `--kv-dtype` changes the bytes `volt info` reports (f16 unless told), not the reduction.
+#[test]
+fn info_counts_kv_bytes_in_the_chosen_kv_dtype() {
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/layouts/yi-lightning.json");
+    let info = |kv: Option<&str>| {
+        let mut args = vec![
+            "info",
+            "--model",
+            layout.to_str().unwrap(),
+            "--context",
+            "65536",
+            "--json",
+        ];
+        args.extend(kv.map(|k| ["--kv-dtype", k]).into_iter().flatten());
+        json_stdout(&volt(&args))
+    };
+    let default = info(None);
+    assert_eq!(default["kv_dtype"], "f16");
+    for (kv, bytes) in [("f32", 4.0), ("f16", 2.0), ("fp8", 1.0)] {
+        let v = info(Some(kv));
+        assert_eq!(v["kv_dtype"], kv);
+        assert_eq!(
+            v["kv_bytes"].as_f64().unwrap(),
+            default["kv_bytes"].as_f64().unwrap() * bytes / 2.0,
+            "{kv}"
+        );
+        assert_eq!(v["kv_reduction"], default["kv_reduction"]);
+    }
+}
+
+/// FP8 KV on the shipped model: perplexity within 1% of the f32 cache, on the CPU reference and on wgpu
+/// (whose FP8 KV kernels must round as the reference does: within 0.01% of its perplexity).
+#[test]
+fn fp8_kv_cache_keeps_the_default_models_perplexity() {
+    let ppl = |backend: &str, kv: &str| {
+        let v = json_stdout(&volt(&[
+            "perplexity",
+            "--file",
+            &text("moby_dick_ch1.txt"),
+            "--backend",
+            backend,
+            "--kv-dtype",
+            kv,
+            "--json",
+        ]));
+        v["ppl"].as_f64().unwrap()
+    };
+    let (f32_kv, fp8_kv) = (ppl("cpu", "f32"), ppl("cpu", "fp8"));
+    println!("cpu perplexity: f32 KV {f32_kv:.4}, fp8 KV {fp8_kv:.4}");
+    assert!(
+        (fp8_kv / f32_kv - 1.0).abs() < 0.01,
+        "fp8 KV {fp8_kv} against f32 KV {f32_kv}"
+    );
+    if volt_runtime_has_no_adapter() {
+        println!("SKIP the wgpu half: no GPU adapter");
+        return;
+    }
+    let wgpu_fp8 = ppl("wgpu", "fp8");
+    println!("wgpu perplexity: fp8 KV {wgpu_fp8:.4}");
+    assert!(
+        (wgpu_fp8 / fp8_kv - 1.0).abs() < 1e-4,
+        "wgpu fp8 KV {wgpu_fp8} against cpu {fp8_kv}"
+    );
 }
 
 fn text(name: &str) -> String {

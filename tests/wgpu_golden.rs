@@ -50,16 +50,25 @@ fn wgpu_matches_transformers_on_every_fixture() {
             atol,
         } = expected(&dir);
         let default_dtype = Checkpoint::open(&dir).unwrap().storage_dtype();
-        let cpu_logits = |dtype| {
-            let mut cpu = BackendSession::load(CpuBackend::new(dtype), &dir, 1).unwrap();
+        let cpu_logits = |dtype, kv| {
+            let mut cpu = BackendSession::load(CpuBackend::new(dtype).with_kv_dtype(kv), &dir, 1).unwrap();
             prompt_logits(&mut cpu, 0, &ids).unwrap()
         };
-        let (cpu_f16, cpu_fp8) = (cpu_logits(WeightDtype::F16), cpu_logits(WeightDtype::Fp8));
+        let cpu_f16 = cpu_logits(WeightDtype::F16, KvDtype::F32);
+        let cpu_fp8 = cpu_logits(WeightDtype::Fp8, KvDtype::F32);
+        let cpu_fp8_kv = cpu_logits(WeightDtype::F32, KvDtype::Fp8);
         let checks = [
             ("f32 vs transformers", WeightDtype::F32, KvDtype::F32, &expected, atol),
             ("default vs transformers", default_dtype, KvDtype::F16, &expected, 5e-2),
             ("f16 vs cpu f16", WeightDtype::F16, KvDtype::F32, &cpu_f16, 2e-3),
             ("fp8 vs cpu fp8", WeightDtype::Fp8, KvDtype::F32, &cpu_fp8, 2e-3),
+            (
+                "fp8 KV vs cpu fp8 KV",
+                WeightDtype::F32,
+                KvDtype::Fp8,
+                &cpu_fp8_kv,
+                1e-3,
+            ),
         ];
         for (what, dtype, kv, expected, tol) in checks {
             let mut s = match open(&dir, dtype, kv) {
@@ -189,8 +198,14 @@ fn conformance_suite_passes_on_every_adapter() {
             .filter(|r| !r.passed())
             .map(|r| {
                 format!(
-                    "{name}: {} {:?} [{}]: error {:.2e} > {:.0e}; {}",
-                    r.op, r.dtype, r.shape, r.max_err, r.tolerance, r.worst
+                    "{name}: {} {:?} {} KV [{}]: error {:.2e} > {:.0e}; {}",
+                    r.op,
+                    r.dtype,
+                    r.kv.name(),
+                    r.shape,
+                    r.max_err,
+                    r.tolerance,
+                    r.worst
                 )
             })
             .collect();

@@ -5,20 +5,38 @@ use std::path::Path;
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::wgpu::gpu::Gpu;
 use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::WeightDtype;
+use volt_runtime::backend::{Backend, KvDtype, WeightDtype};
 use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::session::{BackendSession, Session};
 use volt_runtime::{bail, Result};
+
+use crate::cli::Flags;
 
 pub const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "cuda"];
 
 /// Tokens a GPU KV cache holds per sequence unless the model's context is shorter.
 pub const GPU_CONTEXT: usize = 8192;
 
-/// Loads `dir` onto the chosen backend with `slots` sequence slots. Weights stay in the checkpoint's own
-/// precision unless `dtype` asks for another.
-pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Result<Box<dyn Session + Send>> {
-    open_with_pool(dir, backend, dtype, slots, None)
+/// `--dtype` and `--kv-dtype` as given: the weights' and the KV cache's precision. Unset, weights stay in the
+/// checkpoint's own precision and the KV cache in the backend's (f32 on the CPU reference, f16 on GPUs).
+#[derive(Clone, Debug, Default)]
+pub struct Dtypes {
+    pub weights: Option<String>,
+    pub kv: Option<String>,
+}
+
+impl Dtypes {
+    pub fn from_flags(flags: &Flags) -> Dtypes {
+        Dtypes {
+            weights: flags.str("dtype").map(str::to_string),
+            kv: flags.str("kv-dtype").map(str::to_string),
+        }
+    }
+}
+
+/// Loads `dir` on the chosen backend with `slots` sequence slots.
+pub fn open(dir: &Path, backend: &str, dtypes: &Dtypes, slots: usize) -> Result<Box<dyn Session + Send>> {
+    open_with_pool(dir, backend, dtypes, slots, None)
 }
 
 /// Like `open`, with the full-attention layers' KV page pool holding `pool_tokens` positions (default: every
@@ -26,7 +44,7 @@ pub fn open(dir: &Path, backend: &str, dtype: Option<&str>, slots: usize) -> Res
 pub fn open_with_pool(
     dir: &Path,
     backend: &str,
-    dtype: Option<&str>,
+    dtypes: &Dtypes,
     slots: usize,
     pool_tokens: Option<usize>,
 ) -> Result<Box<dyn Session + Send>> {
@@ -35,32 +53,53 @@ pub fn open_with_pool(
         "cpu" | "wgpu" | "cuda" => backend,
         other => bail!("unknown backend `{other}` (expected one of: {})", BACKENDS.join(", ")),
     };
-    let dtype = match dtype {
+    let dtype = match &dtypes.weights {
         Some(d) => WeightDtype::parse(d)?,
         None => Checkpoint::open(dir)?.storage_dtype(),
     };
+    let kv = dtypes.kv.as_deref().map(KvDtype::parse).transpose()?;
     match chosen {
-        "cpu" => Ok(Box::new(BackendSession::load_with_pool(
-            CpuBackend::new(dtype),
-            dir,
-            slots,
-            pool_tokens,
-        )?)),
+        "cpu" => {
+            let backend = CpuBackend::new(dtype).with_kv_dtype(kv.unwrap_or(KvDtype::F32));
+            load(backend, dir, slots, pool_tokens)
+        }
         "wgpu" => {
             let gpu = Gpu::open_default().map_err(|e| e.context("backend wgpu cannot start"))?;
-            Ok(Box::new(BackendSession::load_with_pool(
-                WgpuBackend::with_gpu(gpu, dtype, GPU_CONTEXT)?,
-                dir,
-                slots,
-                pool_tokens,
-            )?))
+            let mut backend = WgpuBackend::with_gpu(gpu, dtype, GPU_CONTEXT)?;
+            if let Some(kv) = kv {
+                backend.set_kv_dtype(kv);
+            }
+            load(backend, dir, slots, pool_tokens)
         }
         _ => {
+            if let Some(kv) = kv.filter(|&kv| kv != KvDtype::F16) {
+                bail!(
+                    "the cuda backend keeps its KV cache in f16; --kv-dtype {} runs on cpu and wgpu",
+                    kv.name()
+                );
+            }
             let start = || volt_cuda::CudaBackend::new(volt_cuda::Device::open()?, dtype, GPU_CONTEXT);
             let backend = start().map_err(|e| e.context("backend cuda cannot start"))?;
-            Ok(Box::new(BackendSession::load(backend, dir, slots)?))
+            load(backend, dir, slots, pool_tokens)
         }
     }
+}
+
+fn load<B: Backend + Send + 'static>(
+    backend: B,
+    dir: &Path,
+    slots: usize,
+    pool_tokens: Option<usize>,
+) -> Result<Box<dyn Session + Send>>
+where
+    BackendSession<B>: Send,
+{
+    Ok(Box::new(BackendSession::load_with_pool(
+        backend,
+        dir,
+        slots,
+        pool_tokens,
+    )?))
 }
 
 /// CUDA on a Hopper GPU, else wgpu on a hardware GPU adapter, else CPU (a software adapter such as lavapipe

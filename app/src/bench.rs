@@ -10,13 +10,21 @@ use volt_runtime::session::Session;
 use volt_runtime::spec::ModelSpec;
 use volt_runtime::{bail, Result};
 
-use crate::backends;
+use crate::backends::{self, Dtypes};
 use crate::cli::Flags;
 
 pub fn bench(args: &[String]) -> Result<()> {
     let flags = Flags::parse(
         args,
-        &["model", "backend", "dtype", "prompt-tokens", "gen-tokens", "batch"],
+        &[
+            "model",
+            "backend",
+            "dtype",
+            "kv-dtype",
+            "prompt-tokens",
+            "gen-tokens",
+            "batch",
+        ],
         &["json"],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
@@ -26,7 +34,12 @@ pub fn bench(args: &[String]) -> Result<()> {
     if prompt_tokens == 0 || gen_tokens == 0 || batch == 0 {
         bail!("--prompt-tokens, --gen-tokens and --batch must be at least 1");
     }
-    let mut session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), batch)?;
+    let mut session = backends::open(
+        &dir,
+        flags.str("backend").unwrap_or("auto"),
+        &Dtypes::from_flags(&flags),
+        batch,
+    )?;
     let spec = session.spec().clone();
     if prompt_tokens + gen_tokens > spec.max_position_embeddings {
         bail!(
@@ -140,8 +153,8 @@ pub fn bench(args: &[String]) -> Result<()> {
 
 /// Bytes one decode step must read: every weight a token touches (attention, the routed experts it may
 /// use, shared experts, norms, the LM head; one embedding row), once per step whatever the batch, plus
-/// each sequence's visible KV (f32) at `context` tokens. The embedding and head are counted at their own
-/// precision (bf16 under fp8).
+/// each sequence's visible KV at `context` tokens in the session's KV dtype (a layer that reuses another's KV
+/// reads it again). The embedding and head are counted at their own precision (bf16 under fp8).
 fn decode_bytes_per_step(spec: &ModelSpec, session: &dyn Session, batch: usize, context: usize) -> f64 {
     let (_, active) = spec.parameter_counts();
     let table = (spec.vocab_size * spec.hidden_size) as u64;
@@ -149,10 +162,11 @@ fn decode_bytes_per_step(spec: &ModelSpec, session: &dyn Session, batch: usize, 
     let counted = if spec.tie_word_embeddings { table } else { 2 * table };
     let bulk = (active - counted) as f64 * session.bytes_per_weight(Precision::Storage);
     let tables = (table + spec.hidden_size as u64) as f64 * session.bytes_per_weight(Precision::Table);
+    let kv_bytes = session.kv_dtype().bytes();
     let kv: usize = spec
         .layers
         .iter()
-        .map(|l| 2 * l.attn.kv_dim() * l.attn.window().map_or(context, |w| w.min(context)) * 4)
+        .map(|l| 2 * l.attn.kv_dim() * l.attn.window().map_or(context, |w| w.min(context)) * kv_bytes)
         .sum();
     bulk + tables + (batch * kv) as f64
 }

@@ -10,6 +10,7 @@ use volt_runtime::generate::GenerateOptions;
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::{bail, Result};
 
+use crate::backends::Dtypes;
 use crate::chat_model::ChatModel;
 use crate::cli::Flags;
 
@@ -24,6 +25,7 @@ pub fn terminal(args: &[String]) -> Result<()> {
             "seed",
             "backend",
             "dtype",
+            "kv-dtype",
         ],
         &["terminal"],
     )?;
@@ -31,7 +33,7 @@ pub fn terminal(args: &[String]) -> Result<()> {
     let model = ChatModel::open(
         &dir,
         flags.str("backend").unwrap_or("auto"),
-        flags.str("dtype"),
+        &Dtypes::from_flags(&flags),
         1,
         |_| {},
     )?;

@@ -12,7 +12,7 @@ use volt_runtime::spec::ModelSpec;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result};
 
-use crate::backends;
+use crate::backends::{self, Dtypes};
 
 pub struct ChatModel {
     pub dir: PathBuf,
@@ -30,7 +30,7 @@ impl ChatModel {
     pub fn open(
         dir: &Path,
         backend: &str,
-        dtype: Option<&str>,
+        dtypes: &Dtypes,
         slots: usize,
         mut stage: impl FnMut(&str),
     ) -> Result<ChatModel> {
@@ -42,7 +42,7 @@ impl ChatModel {
             bail!("{} has no chat template", dir.display())
         };
         stage("loading the weights");
-        let session = backends::open(dir, backend, dtype, slots)?;
+        let session = backends::open(dir, backend, dtypes, slots)?;
         stage("starting the engine");
         let eos = gen::eos_ids(dir, session.spec(), Some(&tokenizer));
         let describe = session.describe();

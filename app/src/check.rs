@@ -40,9 +40,7 @@ pub fn check(args: &[String]) -> Result<()> {
                 variants.push(KernelFeatures::default());
             }
             // Each form once with each KV cache dtype.
-            let forms = variants
-                .iter()
-                .flat_map(|&f| [KvDtype::F16, KvDtype::F32].map(|kv| (f, kv)));
+            let forms = variants.iter().flat_map(|&f| KvDtype::ALL.map(|kv| (f, kv)));
             for (features, kv) in forms {
                 let built = Kernels::new(features, kv).build_all(&gpu.device);
                 let status = gpu.check();
@@ -99,8 +97,8 @@ pub fn check(args: &[String]) -> Result<()> {
 /// The conformance table: one row per case (device, op, dtype, kernels, shape, error, tolerance, verdict).
 pub fn print_results(device: &str, results: &[CaseResult]) {
     println!(
-        "{:<48} {:<17} {:<5} {:<22} {:<44} {:>10} {:>9}  result",
-        "adapter", "op", "dtype", "kernels", "shape", "max error", "tolerance"
+        "{:<48} {:<18} {:<5} {:<4} {:<22} {:<44} {:>10} {:>9}  result",
+        "adapter", "op", "dtype", "KV", "kernels", "shape", "max error", "tolerance"
     );
     for r in results {
         let verdict = if r.passed() {
@@ -109,9 +107,10 @@ pub fn print_results(device: &str, results: &[CaseResult]) {
             format!("FAIL ({})", r.worst)
         };
         println!(
-            "{device:<48} {:<17} {:<5} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
+            "{device:<48} {:<18} {:<5} {:<4} {:<22} {:<44} {:>10.2e} {:>9.0e}  {verdict}",
             r.op,
             r.dtype.name(),
+            r.kv.name(),
             r.kernels,
             r.shape,
             r.max_err,

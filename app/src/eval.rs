@@ -7,7 +7,7 @@ use volt_runtime::session::Session;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result, ResultExt};
 
-use crate::backends;
+use crate::backends::{self, Dtypes};
 use crate::cli::Flags;
 
 /// Loads the model and tokenizes `--file`.
@@ -24,14 +24,19 @@ fn open_with_text(flags: &Flags) -> Result<(Box<dyn Session>, Vec<u32>)> {
     if ids.is_empty() {
         bail!("empty input: {file} has no text");
     }
-    let session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
+    let session = backends::open(
+        &dir,
+        flags.str("backend").unwrap_or("auto"),
+        &Dtypes::from_flags(flags),
+        1,
+    )?;
     Ok((session, ids))
 }
 
 pub fn perplexity(args: &[String]) -> Result<()> {
     let flags = Flags::parse(
         args,
-        &["model", "file", "backend", "dtype", "context", "stride"],
+        &["model", "file", "backend", "dtype", "kv-dtype", "context", "stride"],
         &["json"],
     )?;
     let (mut session, ids) = open_with_text(&flags)?;
@@ -62,6 +67,7 @@ pub fn route_stats(args: &[String]) -> Result<()> {
             "file",
             "backend",
             "dtype",
+            "kv-dtype",
             "context",
             "ep-groups",
             "partitions",

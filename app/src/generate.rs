@@ -10,17 +10,22 @@ use volt_runtime::sampler::SamplingParams;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result};
 
-use crate::backends;
+use crate::backends::{self, Dtypes};
 use crate::cli::{parse_ids, Flags};
 
 pub fn logits(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["model", "ids", "backend", "dtype"], &[])?;
+    let flags = Flags::parse(args, &["model", "ids", "backend", "dtype", "kv-dtype"], &[])?;
     let Some(ids) = flags.str("ids") else {
         bail!("--ids is required (e.g. --ids 3,17,42)")
     };
     let ids = parse_ids(ids)?;
     let dir = crate::model_path(flags.str("model"))?;
-    let mut session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
+    let mut session = backends::open(
+        &dir,
+        flags.str("backend").unwrap_or("auto"),
+        &Dtypes::from_flags(&flags),
+        1,
+    )?;
     let rows = gen::prompt_logits(session.as_mut(), 0, &ids)?;
     println!("{}", json!({ "logits": rows }));
     Ok(())
@@ -44,6 +49,7 @@ pub fn generate(args: &[String]) -> Result<()> {
             "system",
             "backend",
             "dtype",
+            "kv-dtype",
         ],
         &["chat", "json", "ignore-eos"],
     )?;
@@ -67,7 +73,12 @@ pub fn generate(args: &[String]) -> Result<()> {
         stop_strings: flags.str("stop").map(|s| vec![s.to_string()]).unwrap_or_default(),
         ignore_eos: flags.has("ignore-eos"),
     };
-    let mut session = backends::open(&dir, flags.str("backend").unwrap_or("auto"), flags.str("dtype"), 1)?;
+    let mut session = backends::open(
+        &dir,
+        flags.str("backend").unwrap_or("auto"),
+        &Dtypes::from_flags(&flags),
+        1,
+    )?;
     let eos = gen::eos_ids(&dir, session.spec(), tokenizer.as_ref());
     let mut stdout = std::io::stdout().lock();
     let mut ended_with_newline = true;

@@ -2,6 +2,7 @@
 //! config.json alone.
 
 use serde_json::{json, Value};
+use volt_runtime::backend::KvDtype;
 use volt_runtime::hf_config::HfConfig;
 use volt_runtime::spec::{FfnSpec, ModelSpec, Selection};
 use volt_runtime::{models, Result, ResultExt};
@@ -9,7 +10,7 @@ use volt_runtime::{models, Result, ResultExt};
 use crate::cli::Flags;
 
 pub fn info(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["model", "context"], &["json"])?;
+    let flags = Flags::parse(args, &["model", "context", "kv-dtype"], &["json"])?;
     let path = crate::model_path(flags.str("model"))?;
     let config = HfConfig::load(&path)?;
     let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
@@ -18,7 +19,9 @@ pub fn info(args: &[String]) -> Result<()> {
     if context == 0 {
         volt_runtime::bail!("--context must be at least 1");
     }
-    let mut report = report(&spec, context);
+    // The GPU backends' default; the CPU reference keeps f32.
+    let kv = KvDtype::parse(flags.str("kv-dtype").unwrap_or("f16"))?;
+    let mut report = report(&spec, context, kv);
     // The precision the weights are published in (a config file alone has none).
     let folder = if path.is_dir() { Some(path.as_path()) } else { None };
     report["dtype"] = match folder.map(volt_runtime::checkpoint::Checkpoint::open) {
@@ -33,7 +36,7 @@ pub fn info(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn report(spec: &ModelSpec, context: usize) -> Value {
+fn report(spec: &ModelSpec, context: usize, kv_dtype: KvDtype) -> Value {
     let (total, active) = spec.parameter_counts();
     let layers: Vec<Value> = spec
         .layers
@@ -67,8 +70,8 @@ fn report(spec: &ModelSpec, context: usize) -> Value {
             layer
         })
         .collect();
-    let kv = spec.kv_bytes(context);
-    let baseline = spec.kv_bytes_baseline(context);
+    let kv = spec.kv_bytes(context, kv_dtype);
+    let baseline = spec.kv_bytes_baseline(context, kv_dtype);
     json!({
         "family": spec.family,
         "params_total": total,
@@ -77,6 +80,7 @@ fn report(spec: &ModelSpec, context: usize) -> Value {
         "hidden_size": spec.hidden_size,
         "context": context,
         "layers": layers,
+        "kv_dtype": kv_dtype.name(),
         "kv_bytes": kv,
         "kv_bytes_baseline": baseline,
         "kv_reduction": 1.0 - kv as f64 / baseline as f64,
@@ -111,9 +115,10 @@ fn print_table(spec: &ModelSpec, r: &Value) {
         println!("{i:>5}  {attn:<14}  {:>9}  {ffn}", l["kv_source"]);
     }
     println!(
-        "kv cache          {:.2} MiB per sequence at {} tokens ({:.2} MiB if every layer were full attention with its own KV: {:.1}% less)",
+        "kv cache          {:.2} MiB per sequence at {} tokens in {} ({:.2} MiB if every layer were full attention with its own KV: {:.1}% less)",
         m(&r["kv_bytes"]) * 1e6 / 1048576.0,
         r["context"],
+        r["kv_dtype"].as_str().unwrap_or("f16"),
         m(&r["kv_bytes_baseline"]) * 1e6 / 1048576.0,
         r["kv_reduction"].as_f64().unwrap_or(0.0) * 100.0
     );

@@ -103,18 +103,19 @@ fn run(args: &[String]) -> Result<()> {
 
 fn help(command: &str) -> Result<&'static str> {
     Ok(match command {
-        "chat" => "volt chat [--model DIR] [--backend B] [--dtype D]   (the desktop app)
-volt chat --terminal [--model DIR] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S] [--backend B] [--dtype D]",
+        "chat" => "volt chat [--model DIR] [--backend B] [--dtype D] [--kv-dtype K]   (the desktop app)
+volt chat --terminal [--model DIR] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S] [--backend B] [--dtype D]
+                     [--kv-dtype K]",
         "generate" => "volt generate [--model DIR] (--prompt TEXT | --ids LIST) [--max-tokens N] [--temperature T] [--top-k K]
               [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--chat] [--system TEXT]
-              [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--json]",
-        "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8]",
-        "info" => "volt info [--model DIR|config.json] [--context N] [--json]",
+              [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--kv-dtype f32|f16|fp8] [--json]",
+        "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--kv-dtype f32|f16|fp8]",
+        "info" => "volt info [--model DIR|config.json] [--context N] [--kv-dtype f16|f32|fp8] [--json]",
         "check" => "volt check [--backend wgpu|cuda] [--compile-only]",
-        "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
-        "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--json]",
-        "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--json]",
-        "serve" => "volt serve [--model DIR] [--host 127.0.0.1] [--port 8080] [--slots N] [--kv-pool TOKENS] [--backend B] [--dtype D]",
+        "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--kv-dtype K] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
+        "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--kv-dtype K] [--json]",
+        "route-stats" => "volt route-stats [--model DIR] --file TEXT [--ep-groups G] [--partitions P] [--context N] [--backend B] [--dtype D] [--kv-dtype K] [--json]",
+        "serve" => "volt serve [--model DIR] [--host 127.0.0.1] [--port 8080] [--slots N] [--kv-pool TOKENS] [--backend B] [--dtype D] [--kv-dtype K]",
         other => bail!("unknown command `{other}` (commands: chat, generate, logits, info, perplexity, route-stats, check, bench, serve)"),
     })
 }

@@ -23,7 +23,7 @@ use volt_runtime::sampler::SamplingParams;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Error, Result};
 
-use crate::backends;
+use crate::backends::{self, Dtypes};
 use crate::cli::Flags;
 
 struct Server {
@@ -38,7 +38,9 @@ struct Server {
 pub fn serve(args: &[String]) -> Result<()> {
     let flags = Flags::parse(
         args,
-        &["model", "host", "port", "backend", "dtype", "slots", "kv-pool"],
+        &[
+            "model", "host", "port", "backend", "dtype", "kv-dtype", "slots", "kv-pool",
+        ],
         &[],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
@@ -54,7 +56,7 @@ pub fn serve(args: &[String]) -> Result<()> {
     }
     let pool_tokens: Option<usize> = flags.get("kv-pool")?;
     let backend = flags.str("backend").unwrap_or("auto");
-    let session = backends::open_with_pool(&dir, backend, flags.str("dtype"), slots, pool_tokens)?;
+    let session = backends::open_with_pool(&dir, backend, &Dtypes::from_flags(&flags), slots, pool_tokens)?;
     let pool = session.pool_pages() * volt_runtime::backend::kv_pages::KV_PAGE;
     let eos = gen::eos_ids(&dir, session.spec(), Some(&tokenizer));
     let describe = session.describe();

@@ -16,7 +16,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use volt_runtime::backend::kv_pages::{paged_kv_dims, PagePool};
-use volt_runtime::backend::{Backend, KvCache, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
+use volt_runtime::backend::{
+    Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes,
+};
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::error::Error;
 use volt_runtime::fp8::{self, BlockGrid};
@@ -749,11 +751,15 @@ impl Backend for CudaBackend {
 
     fn describe(&self) -> String {
         format!(
-            "cuda ({}, {}, {} weights, f32 activations)",
+            "cuda ({}, {}, {} weights, f32 activations, f16 KV)",
             self.device_name,
             self.arch,
             self.dtype.name()
         )
+    }
+
+    fn kv_dtype(&self) -> KvDtype {
+        KvDtype::F16
     }
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<CudaMatrix> {

@@ -6,7 +6,7 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::wgpu::kernels::KernelFeatures;
 use crate::backend::wgpu::WgpuBackend;
-use crate::backend::{Backend, KvCache, MoeExperts, Precision, Step, WeightDtype};
+use crate::backend::{Backend, KvCache, KvDtype, MoeExperts, Precision, Step, WeightDtype};
 use crate::checkpoint::HostTensor;
 use crate::error::Result;
 use crate::rope::RopeTable;
@@ -20,6 +20,8 @@ use crate::spec::{
 pub struct CaseResult {
     pub op: String,
     pub dtype: WeightDtype,
+    /// How the backend kept cached K and V (the reference rounds its cache the same way).
+    pub kv: KvDtype,
     /// The optional features the kernels used ("subgroups, shader-f16" or "portable").
     pub kernels: String,
     pub shape: String,
@@ -143,6 +145,14 @@ pub fn check_wgpu(
             results.extend(check_backend(&mut backend, dtype, &kernels, |_, _| 1.0)?);
         }
     }
+    // The attention kernels once more on FP8 E4M3 KV (weights play no part in them).
+    if let Some(&dtype) = dtypes.first() {
+        let mut backend = make(dtype)?;
+        backend.set_kv_dtype(KvDtype::Fp8);
+        let kernels = backend.kernel_features().describe();
+        let attention = |name: &str| name.starts_with("attention");
+        results.extend(check_cases(&mut backend, dtype, &kernels, |_, _| 1.0, attention)?);
+    }
     Ok(results)
 }
 
@@ -155,9 +165,25 @@ pub fn check_backend<B: Backend>(
     kernels: &str,
     loosen: impl Fn(&str, &str) -> f32,
 ) -> Result<Vec<CaseResult>> {
-    let mut reference = CpuBackend::new(dtype);
+    check_cases(backend, dtype, kernels, loosen, |_| true)
+}
+
+/// `check_backend` on the cases whose name `wanted` accepts. The reference keeps its KV cache in the
+/// backend's KV dtype, so both round the same K and V values.
+fn check_cases<B: Backend>(
+    backend: &mut B,
+    dtype: WeightDtype,
+    kernels: &str,
+    loosen: impl Fn(&str, &str) -> f32,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<CaseResult>> {
+    let kv = backend.kv_dtype();
+    let mut reference = CpuBackend::new(dtype).with_kv_dtype(kv);
     let mut results = Vec::new();
     for (cpu, case) in cases::<CpuBackend>().into_iter().zip(cases::<B>()) {
+        if !wanted(case.name) {
+            continue;
+        }
         let expected = (cpu.run)(&mut reference, &mut Rng(case.seed))?;
         let got = (case.run)(backend, &mut Rng(case.seed))?;
         let (max_err, worst) = compare(&expected, &got);
@@ -170,6 +196,7 @@ pub fn check_backend<B: Backend>(
         results.push(CaseResult {
             op: case.name.into(),
             dtype,
+            kv,
             kernels: kernels.into(),
             shape: case.shape.into(),
             max_err,
@@ -269,6 +296,12 @@ fn cases<B: Backend>() -> Vec<Case<B>> {
             "full, 3 seqs in interleaved pages, reset, regrow",
             25,
             attention_paged_case
+        ),
+        case!(
+            "attention/kv range",
+            "3 seqs of 1 key, V in ±2^-12..2^10",
+            26,
+            attention_kv_range_case
         ),
         case!("moe/top-k", "e=7 k=3 h=45 i=19 softmax renorm", 11, moe_topk_case),
         case!("moe/top-p", "e=9 p=0.55 [1,4] h=33 i=21", 12, moe_topp_case),
@@ -493,12 +526,65 @@ fn select_rows_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
     be.read(&y)
 }
 
-/// Random K or V rows that f16 holds exactly: the wgpu cache keeps f16, the CPU reference f32, and the
-/// cases check the kernels' indexing and arithmetic, not that rounding (the golden tests show its effect).
+/// Random K or V rows that f16 holds exactly, so an f16 cache keeps them as they are (WGSL lets
+/// pack2x16float round to either neighbour). An FP8 cache still rounds them, with the kernels' own code,
+/// which must agree with the reference's (`KvDtype::round`).
 fn kv_values(r: &mut Rng, rows: usize, kv_dim: usize) -> HostTensor {
     let mut t = r.tensor(&[rows, kv_dim], 1.0);
     t.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32());
     t
+}
+
+/// Three sequences of one key each, so the output is each one's V row as the cache holds it: values from
+/// 2^-12 to 2^10 of either sign (E4M3 saturates at 448 and its subnormals start below 2^-6).
+fn attention_kv_range_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
+    let spec = attn_spec(None, 2, 2, 64, false);
+    let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
+    let mut cache = be.new_cache(&model, 3, None)?;
+    let step = Step {
+        tokens: vec![0; 3],
+        positions: vec![0; 3],
+        seqs: vec![0, 1, 2],
+    };
+    let mut v = r.tensor(&[3, spec.kv_dim()], 1.0);
+    for (i, x) in v.data.iter_mut().enumerate() {
+        let exponent = (i % 23) as i32 - 12;
+        *x = half::f16::from_f32(x.signum() * (1.0 + x.abs()) * 2f32.powi(exponent)).to_f32();
+    }
+    let q = r.tensor(&[3, spec.q_dim()], 1.0);
+    let k = kv_values(r, 3, spec.kv_dim());
+    attention_step(be, &mut cache, &spec, &step, [q, k, v], None)
+}
+
+/// One step of attention on `cache` with the given Q, K and V rows (uploaded as tables the step's rows
+/// look up, the backends' way into device memory): the new K/V go into the cache; returns the output.
+fn attention_step<B: Backend>(
+    be: &mut B,
+    cache: &mut B::Cache,
+    spec: &AttnSpec,
+    step: &Step,
+    [q, k, v]: [HostTensor; 3],
+    sinks: Option<&B::Vector>,
+) -> Result<Vec<f32>> {
+    let q_table = be.upload_matrix(q, Precision::Full)?;
+    let k_table = be.upload_matrix(k, Precision::Full)?;
+    let v_table = be.upload_matrix(v, Precision::Full)?;
+    be.begin_step(&Step {
+        tokens: (0..step.len() as u32).collect(),
+        ..step.clone()
+    })?;
+    be.reserve_kv(cache, step)?;
+    let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
+    let y = be.attention(cache, spec, &q, Some((&k, &v)), sinks);
+    be.end_step(cache)?;
+    be.read(&y)
+}
+
+/// Random Q rows and f16-exact K and V rows (`kv_values`) for a step of `t` rows.
+fn random_qkv(r: &mut Rng, spec: &AttnSpec, t: usize) -> [HostTensor; 3] {
+    let q = r.tensor(&[t, spec.q_dim()], 1.0);
+    let k = kv_values(r, t, spec.kv_dim());
+    [q, k, kv_values(r, t, spec.kv_dim())]
 }
 
 /// 11 prefill tokens of sequence 0, then its decode token beside 6 prefill tokens of sequence 1.
@@ -517,20 +603,8 @@ fn attention_steps_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, a: 
     };
     let mut out = Vec::new();
     for step in steps(a, b) {
-        let t = step.len();
-        let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
-        let k_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
-        let v_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
-        let rows: Vec<u32> = (0..t as u32).collect();
-        be.begin_step(&Step {
-            tokens: rows,
-            ..step.clone()
-        })?;
-        be.reserve_kv(&mut cache, &step)?;
-        let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
-        let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), sinks.as_ref());
-        be.end_step(&mut cache)?;
-        out.extend(be.read(&y)?);
+        let qkv = random_qkv(r, &spec, step.len());
+        out.extend(attention_step(be, &mut cache, &spec, &step, qkv, sinks.as_ref())?);
     }
     debug_assert_eq!(cache.seq_len(1), b);
     Ok(out)
@@ -587,19 +661,8 @@ fn attention_decode_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, le
     });
     let mut out = Vec::new();
     for step in steps {
-        let t = step.len();
-        let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
-        let k_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
-        let v_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
-        be.begin_step(&Step {
-            tokens: (0..t as u32).collect(),
-            ..step.clone()
-        })?;
-        be.reserve_kv(&mut cache, &step)?;
-        let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
-        let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), sinks.as_ref());
-        be.end_step(&mut cache)?;
-        out = be.read(&y)?;
+        let qkv = random_qkv(r, &spec, step.len());
+        out = attention_step(be, &mut cache, &spec, &step, qkv, sinks.as_ref())?;
     }
     Ok(out)
 }
@@ -646,19 +709,8 @@ fn attention_paged_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>>
         if i == 5 {
             cache.reset(1);
         }
-        let t = step.len();
-        let q_table = be.upload_matrix(r.tensor(&[t, spec.q_dim()], 1.0), Precision::Full)?;
-        let k_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
-        let v_table = be.upload_matrix(kv_values(r, t, spec.kv_dim()), Precision::Full)?;
-        be.begin_step(&Step {
-            tokens: (0..t as u32).collect(),
-            ..step.clone()
-        })?;
-        be.reserve_kv(&mut cache, &step)?;
-        let (q, k, v) = (be.embed(&q_table), be.embed(&k_table), be.embed(&v_table));
-        let y = be.attention(&mut cache, &spec, &q, Some((&k, &v)), None);
-        be.end_step(&mut cache)?;
-        out.extend(be.read(&y)?);
+        let qkv = random_qkv(r, &spec, step.len());
+        out.extend(attention_step(be, &mut cache, &spec, &step, qkv, None)?);
     }
     Ok(out)
 }

@@ -84,8 +84,9 @@ pub struct Stats {
     pub prepared_ahead: u64,
 }
 
-/// KV-cache occupancy by the `ModelSpec::kv_bytes` accounting (what `volt info` reports): the tokens every
-/// slot holds, running or kept for prefix reuse, against every slot filled to the context.
+/// KV-cache occupancy by the `ModelSpec::kv_bytes` accounting (what `volt info` reports) in the session's KV
+/// dtype: the tokens every slot holds, running or kept for prefix reuse, against every slot filled to the
+/// context.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KvUsage {
     pub used_bytes: u64,
@@ -134,7 +135,7 @@ impl Engine {
         let (control, inbox) = mpsc::channel();
         let slots = (0..session.slots()).map(|_| Slot::default()).collect();
         let counters = Arc::new(Counters::default());
-        let kv_capacity_bytes = session.slots() as u64 * session.spec().kv_bytes(session.context());
+        let kv_capacity_bytes = session.slots() as u64 * session.spec().kv_bytes(session.context(), session.kv_dtype());
         let scheduler = Scheduler {
             counters: counters.clone(),
             session,
@@ -340,8 +341,8 @@ impl Scheduler {
         self.counters
             .queued
             .store(self.queue.len() + self.preempted.len(), Ordering::Relaxed);
-        let spec = self.session.spec();
-        let kv: u64 = self.slots.iter().map(|s| spec.kv_bytes(s.tokens.len())).sum();
+        let (spec, kv_dtype) = (self.session.spec(), self.session.kv_dtype());
+        let kv: u64 = self.slots.iter().map(|s| spec.kv_bytes(s.tokens.len(), kv_dtype)).sum();
         let tokens = self.slots.iter().map(|s| s.tokens.len()).sum();
         self.counters.kv_used_bytes.store(kv, Ordering::Relaxed);
         self.counters.kv_cached_tokens.store(tokens, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, KvCache, LayerRouting, Precision, Step};
+use crate::backend::{Backend, KvCache, KvDtype, LayerRouting, Precision, Step};
 use crate::bail;
 use crate::error::Result;
 use crate::model::Model;
@@ -14,6 +14,8 @@ pub trait Session {
     fn spec(&self) -> &ModelSpec;
     /// Backend and precision, for messages and `--json` outputs.
     fn describe(&self) -> String;
+    /// How the cache keeps K and V values.
+    fn kv_dtype(&self) -> KvDtype;
     /// Runs a step and returns the logits of `logit_rows`, row-major [rows.len(), vocab].
     fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>>;
     /// Runs a step and chooses a token for each of `logit_rows` (`picks` in the same order); only the ids
@@ -114,6 +116,10 @@ impl<B: Backend> Session for BackendSession<B> {
 
     fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    fn kv_dtype(&self) -> KvDtype {
+        self.backend.kv_dtype()
     }
 
     fn forward(&mut self, step: &Step, logit_rows: &[usize]) -> Result<Vec<f32>> {

@@ -2,6 +2,7 @@
 //! arithmetic. Family loaders (`models/`) translate a Hugging Face config.json into this; the forward pass
 //! (`model.rs`) reads only this.
 
+use crate::backend::KvDtype;
 use crate::bail;
 use crate::error::Result;
 
@@ -199,9 +200,6 @@ impl Selection {
     }
 }
 
-/// Bytes per KV element as the runtime stores it (f16).
-pub const KV_BYTES_PER_ELEMENT: usize = 2;
-
 impl ModelSpec {
     pub fn n_layers(&self) -> usize {
         self.layers.len()
@@ -332,25 +330,25 @@ impl ModelSpec {
         (total, active)
     }
 
-    /// KV cache bytes of one sequence at `context` tokens: sliding layers keep their window, full layers the
-    /// whole context, layers that reuse another layer's KV nothing.
-    pub fn kv_bytes(&self, context: usize) -> u64 {
+    /// KV cache bytes of one sequence at `context` tokens with values kept as `kv`: sliding layers keep
+    /// their window, full layers the whole context, layers that reuse another layer's KV nothing.
+    pub fn kv_bytes(&self, context: usize, kv: KvDtype) -> u64 {
         self.layers
             .iter()
             .enumerate()
             .filter(|(i, l)| l.attn.kv_source == *i)
             .map(|(_, l)| {
                 let kept = l.attn.window().map_or(context, |w| w.min(context));
-                (2 * l.attn.kv_dim() * kept * KV_BYTES_PER_ELEMENT) as u64
+                (2 * l.attn.kv_dim() * kept * kv.bytes()) as u64
             })
             .sum()
     }
 
     /// The same model with every layer full attention owning its KV.
-    pub fn kv_bytes_baseline(&self, context: usize) -> u64 {
+    pub fn kv_bytes_baseline(&self, context: usize, kv: KvDtype) -> u64 {
         self.layers
             .iter()
-            .map(|l| (2 * l.attn.kv_dim() * context * KV_BYTES_PER_ELEMENT) as u64)
+            .map(|l| (2 * l.attn.kv_dim() * context * kv.bytes()) as u64)
             .sum()
     }
 }

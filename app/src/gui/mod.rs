@@ -66,9 +66,9 @@ pub fn display_available() -> bool {
     !cfg!(target_os = "linux") || std::env::var_os("DISPLAY").is_some()
 }
 
-/// `volt chat [--model DIR] [--backend B] [--dtype D]`: opens the window.
+/// `volt chat [--model DIR] [--backend B] [--dtype D] [--kv-dtype K]`: opens the window.
 pub fn run(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["model", "backend", "dtype"], &[])?;
+    let flags = Flags::parse(args, &["model", "backend", "dtype", "kv-dtype"], &[])?;
     let model = flags.str("model").map(|m| crate::model_path(Some(m))).transpose()?;
     if let Some(b) = flags.str("backend") {
         if !crate::backends::BACKENDS.contains(&b) {
@@ -88,7 +88,7 @@ pub fn run(args: &[String]) -> Result<()> {
         data_dir,
         model,
         backend: flags.str("backend").map(str::to_string),
-        dtype: flags.str("dtype").map(str::to_string),
+        dtypes: crate::backends::Dtypes::from_flags(&flags),
     };
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

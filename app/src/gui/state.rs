@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use volt_runtime::backend::LayerRouting;
+use volt_runtime::backend::{KvDtype, LayerRouting};
 use volt_runtime::chat_template::ChatMessage;
 use volt_runtime::engine::{Event, KvUsage};
 use volt_runtime::generate::{FinishReason, GenerateOptions};
@@ -17,6 +17,7 @@ use volt_runtime::sampler::SamplingParams;
 use volt_runtime::{hf_config::HfConfig, models, Result};
 
 use super::store::Store;
+use crate::backends::Dtypes;
 use crate::chat_model::ChatModel;
 
 /// Sequence slots of the engine: the open conversation and the one before keep their KV between turns.
@@ -262,7 +263,7 @@ pub struct AppOptions {
     pub model: Option<PathBuf>,
     /// `None`: the saved choice.
     pub backend: Option<String>,
-    pub dtype: Option<String>,
+    pub dtypes: Dtypes,
 }
 
 pub struct ChatApp {
@@ -279,7 +280,7 @@ pub struct ChatApp {
     pub experts: Experts,
     /// Problems to show the user (damaged files, failed loads, engine errors), oldest first.
     pub notices: Vec<String>,
-    dtype: Option<String>,
+    dtypes: Dtypes,
     unsaved: BTreeSet<String>,
     settings_unsaved: bool,
     last_save: Instant,
@@ -307,7 +308,7 @@ impl ChatApp {
             generation: None,
             experts: Experts::default(),
             notices,
-            dtype: options.dtype,
+            dtypes: options.dtypes,
             unsaved: BTreeSet::new(),
             settings_unsaved: false,
             last_save: Instant::now(),
@@ -745,11 +746,11 @@ impl ChatApp {
     pub fn load_model(&mut self, dir: PathBuf) {
         let (tx, messages) = mpsc::channel();
         let backend = self.settings.backend.clone();
-        let dtype = self.dtype.clone();
+        let dtypes = self.dtypes.clone();
         let folder = dir.clone();
         let spawned = std::thread::Builder::new().name("volt-load".into()).spawn(move || {
             let stages = tx.clone();
-            let model = ChatModel::open(&folder, &backend, dtype.as_deref(), SLOTS, |s| {
+            let model = ChatModel::open(&folder, &backend, &dtypes, SLOTS, |s| {
                 let _ = stages.send(LoadMessage::Stage(s.to_string()));
             });
             let _ = tx.send(LoadMessage::Done(model.map(Box::new)));
@@ -795,13 +796,16 @@ pub fn memory_estimate(dir: &Path, backend: &str) -> Result<String> {
         "cpu" => spec.max_position_embeddings,
         _ => spec.max_position_embeddings.min(crate::backends::GPU_CONTEXT),
     };
-    let kv = (SLOTS as u64 * spec.kv_bytes(context)) as f64;
+    // The CPU reference keeps f32 KV, GPU backends f16.
+    let kv_dtype = if backend == "cpu" { KvDtype::F32 } else { KvDtype::F16 };
+    let kv = (SLOTS as u64 * spec.kv_bytes(context, kv_dtype)) as f64;
     Ok(format!(
-        "about {}: weights {} ({}) + KV cache {} ({SLOTS} conversations of {context} tokens)",
+        "about {}: weights {} ({}) + KV cache {} ({SLOTS} conversations of {context} tokens, {})",
         mib(weights + kv),
         mib(weights),
         dtype.name(),
-        mib(kv)
+        mib(kv),
+        kv_dtype.name()
     ))
 }
 

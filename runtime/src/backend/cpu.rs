@@ -313,6 +313,10 @@ impl Backend for CpuBackend {
         )
     }
 
+    fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<HostTensor> {
         Ok(self.round(w, self.dtype.for_precision(precision)))
     }

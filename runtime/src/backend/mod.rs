@@ -94,16 +94,22 @@ impl WeightDtype {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvDtype {
     F32,
-    /// The GPU default: half the memory and bandwidth of f32 (`spec::KV_BYTES_PER_ELEMENT`).
+    /// The GPU default: half the memory and bandwidth of f32.
     F16,
+    /// E4M3 codes with scale 1 (vLLM's uncalibrated `fp8` cache): a quarter of f32. Magnitudes past 448
+    /// saturate and below 2^-9 round to zero; K and V of the supported models stay well inside.
+    Fp8,
 }
 
 impl KvDtype {
+    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Fp8];
+
     pub fn parse(name: &str) -> Result<KvDtype> {
         match name {
             "f32" => Ok(KvDtype::F32),
             "f16" => Ok(KvDtype::F16),
-            other => crate::bail!("unknown KV dtype `{other}` (expected f16 or f32)"),
+            "fp8" => Ok(KvDtype::Fp8),
+            other => crate::bail!("unknown KV dtype `{other}` (expected f16, f32 or fp8)"),
         }
     }
 
@@ -111,6 +117,7 @@ impl KvDtype {
         match self {
             KvDtype::F32 => "f32",
             KvDtype::F16 => "f16",
+            KvDtype::Fp8 => "fp8",
         }
     }
 
@@ -118,6 +125,7 @@ impl KvDtype {
         match self {
             KvDtype::F32 => 4,
             KvDtype::F16 => 2,
+            KvDtype::Fp8 => 1,
         }
     }
 
@@ -126,6 +134,7 @@ impl KvDtype {
         match self {
             KvDtype::F32 => x,
             KvDtype::F16 => half::f16::from_f32(x).to_f32(),
+            KvDtype::Fp8 => crate::fp8::to_f32(crate::fp8::from_f32(x)),
         }
     }
 }
@@ -181,6 +190,8 @@ pub trait Backend: WeightTypes + Sized {
 
     /// Human-readable description ("cpu (f32, 2 threads)").
     fn describe(&self) -> String;
+    /// How cached K and V values are kept.
+    fn kv_dtype(&self) -> KvDtype;
 
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<Self::Matrix>;
     /// Norm weights, biases, sinks: kept in f32 on every backend (they are tiny).

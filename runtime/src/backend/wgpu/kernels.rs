@@ -266,7 +266,7 @@ pub struct Kernel {
 
 pub struct Kernels {
     features: KernelFeatures,
-    /// How the KV cache kernels store values (`kv_f16.wgsl` or `kv_f32.wgsl`).
+    /// How the KV cache kernels store values (`kv_f16.wgsl`, `kv_f32.wgsl` or `kv_fp8.wgsl`).
     kv: KvDtype,
     built: HashMap<(Op, Option<WeightFormat>), Arc<Kernel>>,
 }
@@ -366,7 +366,11 @@ fn build(
         parts.push(match kv {
             KvDtype::F16 => include_str!("../../../../shaders/kv_f16.wgsl"),
             KvDtype::F32 => include_str!("../../../../shaders/kv_f32.wgsl"),
+            KvDtype::Fp8 => include_str!("../../../../shaders/kv_fp8.wgsl"),
         });
+    }
+    if format == Some(WeightFormat::Fp8) || (op.uses_kv_cache() && kv == KvDtype::Fp8) {
+        parts.push(include_str!("../../../../shaders/e4m3.wgsl"));
     }
     parts.extend(op.shared());
     parts.push(body);

@@ -9,7 +9,7 @@
 //! groups are cached by the buffers they bind. KV caches are allocated at start-up: sliding layers hold a
 //! ring of `window + MAX_STEP_TOKENS` positions per slot, full layers one pool of pages shared by all slots
 //! (`kv_pages.rs`), KV-reusing layers nothing (they bind their source layer's buffers). K and V are kept
-//! in f16 (`KvDtype`), pairs packed in u32 words that any adapter reads; f32 on request.
+//! in f16 (`KvDtype`), pairs packed in u32 words that any adapter reads; f32 or FP8 E4M3 on request.
 
 pub mod gpu;
 pub mod kernels;
@@ -574,6 +574,14 @@ fn attention_blocks(step: &Step) -> Vec<u32> {
 }
 
 /// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).
+/// Values in one word of a KV cache buffer (`KV_PER_WORD` of the `shaders/kv_*.wgsl` files).
+fn kv_values_per_word(kv: KvDtype) -> usize {
+    match kv {
+        KvDtype::F32 | KvDtype::F16 => 2,
+        KvDtype::Fp8 => 4,
+    }
+}
+
 fn groups_1d(n: usize) -> [u32; 3] {
     [n.div_ceil(64).clamp(1, 65535) as u32, 1, 1]
 }
@@ -890,6 +898,10 @@ impl Backend for WgpuBackend {
         )
     }
 
+    fn kv_dtype(&self) -> KvDtype {
+        self.kernels.kv_dtype()
+    }
+
     fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<GpuMatrix> {
         // Parts split at FP8's 128-row blocks and stay within the workgroups one dispatch may have (4 rows each).
         let dtype = self.dtype.for_precision(precision);
@@ -968,10 +980,12 @@ impl Backend for WgpuBackend {
             }
             let ring = l.attn.window().map(|w| (w + MAX_STEP_TOKENS).min(context));
             let rows = ring.map_or(pages.pages() * KV_PAGE, |r| slots * r);
-            if l.attn.kv_dim() % 2 != 0 {
+            let per_word = kv_values_per_word(self.kernels.kv_dtype());
+            if l.attn.kv_dim() % per_word != 0 {
                 bail!(
-                    "layer {i}: an odd KV width {} does not pack into f16 pairs",
-                    l.attn.kv_dim()
+                    "layer {i}: a KV width of {} does not split into the {per_word}-value words of a {} KV cache",
+                    l.attn.kv_dim(),
+                    self.kernels.kv_dtype().name()
                 );
             }
             let bytes = (rows * l.attn.kv_dim() * kv_bytes) as u64;
@@ -1158,7 +1172,8 @@ impl Backend for WgpuBackend {
         if let Some((k, v)) = kv {
             let params = [k.rows as u32, spec.kv_dim() as u32, ring as u32, pages_per_seq as u32];
             let bufs = [&k.mem.buf.clone(), &v.mem.buf.clone(), &pos, &seqs, &kc, &vc];
-            self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(k.rows * spec.kv_dim() / 2));
+            let words = k.rows * spec.kv_dim() / kv_values_per_word(self.kernels.kv_dtype());
+            self.dispatch(Op::KvWrite, None, &params, &bufs, groups_1d(words));
         }
         let out = self.tensor(q.rows, spec.q_dim());
         let max_pos = self.step.positions.iter().copied().max().unwrap_or(0);
