@@ -332,6 +332,12 @@ fn unknown_backend_and_flags_are_clean_errors() {
 }
 
 #[test]
+fn serve_refuses_no_slots_and_an_empty_kv_pool() {
+    assert_clean_error(&volt(&["serve", "--slots", "0"]), "--slots must be at least 1");
+    assert_clean_error(&volt(&["serve", "--kv-pool", "0"]), "--kv-pool must be at least 1");
+}
+
+#[test]
 fn wgpu_backend_gives_the_cpu_logits() {
     if volt_runtime_has_no_adapter() {
         println!("SKIP wgpu CLI test: no GPU adapter");

@@ -77,6 +77,38 @@ fn prompts(lengths: &[usize], vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Greedy generation of each prompt alone, on slot 0 of `session`.
+fn one_at_a_time(session: &mut dyn Session, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    prompts
+        .iter()
+        .map(|p| {
+            generate(session, 0, p, None, &[], &greedy(max_tokens), |_| {})
+                .unwrap()
+                .tokens
+        })
+        .collect()
+}
+
+/// Submits every prompt at once and checks that each request streams, and ends with, its `expected` tokens.
+fn all_at_once_gives(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, expected: &[Vec<u32>], label: &str) {
+    let pending: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .submit(Request {
+                    prompt: p.clone(),
+                    options: greedy(max_tokens),
+                })
+                .1
+        })
+        .collect();
+    for (i, events) in pending.into_iter().enumerate() {
+        let (streamed, done) = finish(events);
+        assert_eq!(streamed, expected[i], "{label} request {i}: streamed tokens");
+        assert_eq!(done.tokens, expected[i], "{label} request {i}");
+    }
+}
+
 #[test]
 fn batched_generation_gives_the_tokens_of_one_at_a_time() {
     // Sliding windows of 4-6 with KV-sharing full layers (volt), sinks (gpt_oss), plain sliding (mistral):
@@ -87,35 +119,10 @@ fn batched_generation_gives_the_tokens_of_one_at_a_time() {
             let mut alone = session(&dir, backend, 1);
             let vocab = alone.spec().vocab_size;
             let prompts = prompts(&[13, 3, 40, 7, 22, 9], vocab);
-            let expected: Vec<Vec<u32>> = prompts
-                .iter()
-                .map(|p| {
-                    generate(alone.as_mut(), 0, p, None, &[], &greedy(10), |_| {})
-                        .unwrap()
-                        .tokens
-                })
-                .collect();
+            let expected = one_at_a_time(alone.as_mut(), &prompts, 10);
             // Three slots for six requests: some wait in the queue and join as others leave.
             let engine = Engine::start(session(&dir, backend, 3), None, vec![]);
-            let pending: Vec<_> = prompts
-                .iter()
-                .map(|p| {
-                    engine
-                        .submit(Request {
-                            prompt: p.clone(),
-                            options: greedy(10),
-                        })
-                        .1
-                })
-                .collect();
-            for (i, events) in pending.into_iter().enumerate() {
-                let (streamed, done) = finish(events);
-                assert_eq!(done.tokens, expected[i], "{backend} {fixture} request {i}");
-                assert_eq!(
-                    streamed, expected[i],
-                    "{backend} {fixture} request {i}: streamed tokens"
-                );
-            }
+            all_at_once_gives(&engine, &prompts, 10, &expected, &format!("{backend} {fixture}"));
             let ahead = engine.stats().prepared_ahead;
             if backend == "wgpu" {
                 // Decode steps are recorded while the step before them runs.
@@ -139,33 +146,11 @@ fn a_full_kv_pool_makes_sequences_wait_or_yield_without_changing_a_token() {
             let mut alone = session(&dir, backend, 1);
             let vocab = alone.spec().vocab_size;
             let prompts = prompts(&[40, 30, 50, 20, 35, 45], vocab);
-            let expected: Vec<Vec<u32>> = prompts
-                .iter()
-                .map(|p| {
-                    generate(alone.as_mut(), 0, p, None, &[], &greedy(24), |_| {})
-                        .unwrap()
-                        .tokens
-                })
-                .collect();
+            let expected = one_at_a_time(alone.as_mut(), &prompts, 24);
             let small = session_with_pool(&dir, backend, 4, Some(96));
             assert_eq!((small.pool_pages(), small.context()), (3, 96));
             let engine = Engine::start(small, None, vec![]);
-            let pending: Vec<_> = prompts
-                .iter()
-                .map(|p| {
-                    engine
-                        .submit(Request {
-                            prompt: p.clone(),
-                            options: greedy(24),
-                        })
-                        .1
-                })
-                .collect();
-            for (i, events) in pending.into_iter().enumerate() {
-                let (streamed, done) = finish(events);
-                assert_eq!(streamed, expected[i], "{backend} {fixture} request {i}");
-                assert_eq!(done.tokens, expected[i], "{backend} {fixture} request {i}");
-            }
+            all_at_once_gives(&engine, &prompts, 24, &expected, &format!("{backend} {fixture}"));
             let stats = engine.stats();
             assert!(stats.preempted > 0, "{backend} {fixture}: no sequence was preempted");
             assert_eq!(stats.completed, 6);
@@ -194,29 +179,9 @@ fn a_step_longer_than_one_submission_is_recorded_again_with_its_tokens() {
     let mut alone = split();
     let vocab = alone.spec().vocab_size;
     let prompts = prompts(&[9, 14], vocab);
-    let expected: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            generate(alone.as_mut(), 0, p, None, &[], &greedy(8), |_| {})
-                .unwrap()
-                .tokens
-        })
-        .collect();
+    let expected = one_at_a_time(alone.as_mut(), &prompts, 8);
     let engine = Engine::start(split(), None, vec![]);
-    let pending: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            engine
-                .submit(Request {
-                    prompt: p.clone(),
-                    options: greedy(8),
-                })
-                .1
-        })
-        .collect();
-    for (i, events) in pending.into_iter().enumerate() {
-        assert_eq!(finish(events).1.tokens, expected[i], "request {i}");
-    }
+    all_at_once_gives(&engine, &prompts, 8, &expected, "split weights");
 }
 
 #[test]

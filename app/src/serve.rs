@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
+use volt_runtime::backend::kv_pages::KV_PAGE;
 use volt_runtime::chat_template::{ChatMessage, ChatTemplate};
 use volt_runtime::engine::{Completion, Engine, Event, Request};
 use volt_runtime::generate::{self as gen, GenerateOptions};
@@ -55,9 +56,12 @@ pub fn serve(args: &[String]) -> Result<()> {
         bail!("--slots must be at least 1");
     }
     let pool_tokens: Option<usize> = flags.get("kv-pool")?;
+    if pool_tokens == Some(0) {
+        bail!("--kv-pool must be at least 1 (it is rounded up to pages of {KV_PAGE} positions)");
+    }
     let backend = flags.str("backend").unwrap_or("auto");
     let session = backends::open_with_pool(&dir, backend, &Dtypes::from_flags(&flags), slots, pool_tokens)?;
-    let pool = session.pool_pages() * volt_runtime::backend::kv_pages::KV_PAGE;
+    let pool = session.pool_pages() * KV_PAGE;
     let eos = gen::eos_ids(&dir, session.spec(), Some(&tokenizer));
     let describe = session.describe();
     let (context, vocab) = (session.context(), session.spec().vocab_size);

@@ -789,13 +789,8 @@ impl Backend for CudaBackend {
     fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<CudaCache> {
         let paged = paged_kv_dims(spec).next().is_some();
         let context = self.context.min(spec.max_position_embeddings).max(1);
-        let pool_tokens = pool_tokens.unwrap_or(slots * context);
-        // A sequence never outgrows the pool.
-        let capacity = if paged {
-            context.min(pool_tokens).max(1)
-        } else {
-            context
-        };
+        let pages = PagePool::new(slots, pool_tokens.unwrap_or(slots * context), paged);
+        let capacity = pages.bound(context).max(1);
         let mut layers = Vec::new();
         for (i, layer) in spec.layers.iter().enumerate() {
             if layer.attn.kv_source != i {
@@ -810,7 +805,7 @@ impl Backend for CudaBackend {
             layers,
             capacity,
             lens: vec![0; slots],
-            pages: PagePool::new(slots, pool_tokens, paged),
+            pages,
         })
     }
 

@@ -336,15 +336,10 @@ impl Backend for CpuBackend {
         let owns = |i: usize| spec.layers[i].attn.kv_source == i;
         let paged = paged_kv_dims(spec).next().is_some();
         let pool_tokens = pool_tokens.unwrap_or(slots * spec.max_position_embeddings);
-        // A sequence never outgrows the pool.
-        let context = if paged {
-            spec.max_position_embeddings.min(pool_tokens)
-        } else {
-            spec.max_position_embeddings
-        };
+        let pages = PagePool::new(slots, pool_tokens, paged);
         Ok(CpuCache {
-            context,
-            pages: PagePool::new(slots, pool_tokens, paged),
+            context: pages.bound(spec.max_position_embeddings),
+            pages,
             layers: (0..spec.n_layers())
                 .map(|i| owns(i).then(|| vec![SeqKv::default(); slots]))
                 .collect(),

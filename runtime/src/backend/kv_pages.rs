@@ -46,6 +46,16 @@ impl PagePool {
         self.pages
     }
 
+    /// The longest sequence a cache with this pool holds: `context`, or fewer positions than that when it
+    /// pages and the pool is smaller (a sequence never outgrows the pool).
+    pub fn bound(&self, context: usize) -> usize {
+        if self.in_use {
+            context.min(self.pages * KV_PAGE)
+        } else {
+            context
+        }
+    }
+
     pub fn free_pages(&self) -> usize {
         self.free.len()
     }
@@ -112,6 +122,8 @@ mod tests {
     fn pages_are_handed_out_as_sequences_grow_and_returned_when_they_shrink() {
         let mut pool = PagePool::new(2, 4 * KV_PAGE - 5, true);
         assert_eq!(pool.pages(), 4);
+        // A sequence can take the whole pool, no more.
+        assert_eq!((pool.bound(1000), pool.bound(50)), (4 * KV_PAGE, 50));
         assert!(pool.reserve(&Step::single(0, &[0; 40], 0)).unwrap());
         assert!(pool.reserve(&Step::single(1, &[0; 10], 0)).unwrap());
         assert_eq!(pool.free_pages(), 1);
@@ -129,6 +141,7 @@ mod tests {
     #[test]
     fn a_model_without_full_attention_takes_no_pages() {
         let mut pool = PagePool::new(1, 1000, false);
+        assert_eq!(pool.bound(5000), 5000);
         assert_eq!(pool.pages_needed(0, 500), 0);
         assert!(!pool.reserve(&Step::single(0, &[0; 100], 0)).unwrap());
     }

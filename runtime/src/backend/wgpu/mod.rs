@@ -969,9 +969,8 @@ impl Backend for WgpuBackend {
             None if paged && fits < context => bail!("one sequence of {context} tokens takes more KV than one buffer holds on {} ({fits} tokens); use a shorter context", self.gpu.name()),
             None => (slots * context).min(fits),
         };
-        // A sequence never outgrows the pool.
-        let context = if paged { context.min(pool_tokens) } else { context };
         let pages = PagePool::new(slots, pool_tokens, paged);
+        let context = pages.bound(context);
         let mut layers = Vec::with_capacity(spec.n_layers());
         for (i, l) in spec.layers.iter().enumerate() {
             if l.attn.kv_source != i {
