@@ -1,12 +1,23 @@
-// Attention over a KV cache of f16 rows [slots, capacity, kv_dim] per owning layer. A layer that reuses
-// another layer's KV (cross-layer sharing) reads that layer's buffers; only owners write.
+// Attention over per-layer f16 KV caches laid out as on the other backends (runtime/src/backend/kv_pages.rs):
+// a sliding layer keeps a ring of `ring` rows per slot; a full layer (ring 0) takes rows from pages of one
+// pool through each slot's page table. A layer that reuses another layer's KV (cross-layer sharing) reads
+// that layer's buffers; only owners write.
+
+#define KV_PAGE 32
+
+// The cache row of position j of sequence `seq`.
+__device__ __forceinline__ size_t kv_row(int seq, int j, int ring, const int* tables, int pages_per_seq) {
+    if (ring > 0) return (size_t)seq * ring + j % ring;
+    return (size_t)tables[seq * pages_per_seq + j / KV_PAGE] * KV_PAGE + j % KV_PAGE;
+}
 
 extern "C" __global__ void kv_write(const float* k, const float* v, u16* cache_k, u16* cache_v, const int* seqs,
-                                    const int* positions, int rows, int kv_dim, int capacity) {
+                                    const int* positions, int rows, int kv_dim, int ring, const int* tables,
+                                    int pages_per_seq) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * kv_dim) return;
     int r = i / kv_dim, c = i % kv_dim;
-    size_t dst = ((size_t)seqs[r] * capacity + positions[r]) * kv_dim + c;
+    size_t dst = kv_row(seqs[r], positions[r], ring, tables, pages_per_seq) * kv_dim + c;
     cache_k[dst] = f32_to_f16(k[i]);
     cache_v[dst] = f32_to_f16(v[i]);
 }
@@ -19,7 +30,8 @@ extern "C" __global__ void kv_write(const float* k, const float* v, u16* cache_k
 // Simple rather than fast (no K/V tiles in shared memory): correctness first, tuning needs a GPU.
 extern "C" __global__ void attention(const float* q, const u16* cache_k, const u16* cache_v, const float* sinks,
                                      float* out, const int* seqs, const int* positions, int rows, int n_heads,
-                                     int n_kv_heads, int head_dim, int capacity, int window, float softmax_scale) {
+                                     int n_kv_heads, int head_dim, int ring, const int* tables, int pages_per_seq,
+                                     int window, float softmax_scale) {
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     int head = blockIdx.y * (blockDim.x / WARP) + warp, row = blockIdx.x;
     if (head >= n_heads || row >= rows) return;
@@ -28,8 +40,9 @@ extern "C" __global__ void attention(const float* q, const u16* cache_k, const u
     int pos = positions[row];
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     const float* qh = q + (size_t)row * n_heads * head_dim + (size_t)head * head_dim;
-    const u16* kbase = cache_k + (size_t)seqs[row] * capacity * kv_dim + (size_t)kv_head * head_dim;
-    const u16* vbase = cache_v + (size_t)seqs[row] * capacity * kv_dim + (size_t)kv_head * head_dim;
+    int seq = seqs[row];
+    const u16* kbase = cache_k + (size_t)kv_head * head_dim;
+    const u16* vbase = cache_v + (size_t)kv_head * head_dim;
     float qv[DIMS_PER_LANE], acc[DIMS_PER_LANE];
 #pragma unroll
     for (int d = 0; d < DIMS_PER_LANE; d++) {
@@ -40,7 +53,8 @@ extern "C" __global__ void attention(const float* q, const u16* cache_k, const u
     float mx = sinks ? sinks[head] : NEG_INF;
     float sum = sinks ? 1.0f : 0.0f;
     for (int j = first; j <= pos; j++) {
-        const u16* kr = kbase + (size_t)j * kv_dim;
+        size_t at = kv_row(seq, j, ring, tables, pages_per_seq) * kv_dim;
+        const u16* kr = kbase + at;
         float dot = 0.0f;
 #pragma unroll
         for (int d = 0; d < DIMS_PER_LANE; d++) {
@@ -51,7 +65,7 @@ extern "C" __global__ void attention(const float* q, const u16* cache_k, const u
         float next = fmaxf(mx, s);
         float correction = expf(mx - next), p = expf(s - next);
         sum = sum * correction + p;
-        const u16* vr = vbase + (size_t)j * kv_dim;
+        const u16* vr = vbase + at;
 #pragma unroll
         for (int d = 0; d < DIMS_PER_LANE; d++) {
             int c = lane + d * WARP;

@@ -15,13 +15,14 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
-use volt_runtime::backend::kv_pages::{paged_kv_dims, PagePool};
+use volt_runtime::backend::kv_pages::{paged_kv_dims, PagePool, Ring, KV_PAGE};
 use volt_runtime::backend::{
     Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes,
 };
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::error::Error;
 use volt_runtime::fp8::{self, BlockGrid};
+use volt_runtime::generate::PREFILL_CHUNK;
 use volt_runtime::rope::RopeTable;
 use volt_runtime::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
 use volt_runtime::{bail, Result};
@@ -84,15 +85,25 @@ pub struct CudaRope {
     attention_scale: f32,
 }
 
-/// f16 K and V rows [slots, capacity, kv_dim] for every layer that owns its KV. Sliding layers keep every
-/// position too (no ring buffer yet): windows only limit which keys attention reads. Not paged on the
-/// device yet: the full layers' positions are counted in the same page pool as on the other backends, so
-/// the engine schedules within the same bound.
+/// f16 K and V rows of every layer that owns its KV, laid out as on the wgpu backend (`kv_pages.rs`): a
+/// sliding layer keeps a `Ring` per slot, a full layer takes pages of one pool through each slot's page
+/// table, which `reserve_kv` uploads when it changes.
 pub struct CudaCache {
-    layers: Vec<Option<(CudaSlice<u16>, CudaSlice<u16>)>>,
+    layers: Vec<Option<LayerKv>>,
     capacity: usize,
     lens: Vec<usize>,
     pages: PagePool,
+    /// Page table entries per slot (enough for `capacity` positions), and the tables as the kernels read
+    /// them: [slots, pages_per_seq].
+    pages_per_seq: usize,
+    tables: CudaSlice<i32>,
+}
+
+struct LayerKv {
+    k: CudaSlice<u16>,
+    v: CudaSlice<u16>,
+    /// Sliding layers' rings; full layers are paged.
+    ring: Option<Ring>,
 }
 
 impl KvCache for CudaCache {
@@ -104,8 +115,12 @@ impl KvCache for CudaCache {
         self.pages.shrink(slot, 0);
     }
     fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        // Every position stays in place, so any prefix can be resumed.
         len <= self.lens[slot]
+            && self
+                .layers
+                .iter()
+                .flatten()
+                .all(|l| l.ring.is_none_or(|ring| ring.keeps(self.lens[slot], len)))
     }
     fn truncate(&mut self, slot: usize, len: usize) {
         self.lens[slot] = len;
@@ -671,11 +686,18 @@ impl CudaBackend {
         }
         let (positions, seqs, rows) = (self.ptr(&step.positions), self.ptr(&step.seqs), step.rows);
         let kv_dim = spec.kv_dim();
-        let Some((cache_k, cache_v)) = cache.layers[spec.kv_source].as_ref() else {
+        let Some(layer) = cache.layers[spec.kv_source].as_ref() else {
             bail!("layer {} has no KV cache of its own", spec.kv_source);
         };
+        let (cache_k, cache_v) = (&layer.k, &layer.v);
+        // A ring's rows, or 0 for a paged layer (attention.cu's kv_row).
+        let layout = [
+            Arg::I32(layer.ring.map_or(0, |r| r.rows) as i32),
+            self.ptr(&cache.tables),
+            Arg::I32(cache.pages_per_seq as i32),
+        ];
         if let Some((k, v)) = kv {
-            let args = [
+            let mut args = vec![
                 self.tptr(k)?,
                 self.tptr(v)?,
                 self.ptr(cache_k),
@@ -684,12 +706,12 @@ impl CudaBackend {
                 positions,
                 Arg::I32(rows as i32),
                 Arg::I32(kv_dim as i32),
-                Arg::I32(cache.capacity as i32),
             ];
+            args.extend(layout);
             self.launch_1d("kv_write", rows * kv_dim, &args)?;
         }
         let out = self.alloc::<f32>(rows * spec.q_dim())?;
-        let args = [
+        let mut args = vec![
             self.tptr(q)?,
             self.ptr(cache_k),
             self.ptr(cache_v),
@@ -701,10 +723,12 @@ impl CudaBackend {
             Arg::I32(spec.n_heads as i32),
             Arg::I32(spec.n_kv_heads as i32),
             Arg::I32(spec.head_dim as i32),
-            Arg::I32(cache.capacity as i32),
+        ];
+        args.extend(layout);
+        args.extend([
             Arg::I32(spec.window().unwrap_or(0) as i32),
             Arg::F32(spec.softmax_scale),
-        ];
+        ]);
         // 4 heads (warps) per block.
         self.launch("attention", (rows, spec.n_heads.div_ceil(4)), 128, &args)?;
         Ok(out)
@@ -791,30 +815,49 @@ impl Backend for CudaBackend {
         let context = self.context.min(spec.max_position_embeddings).max(1);
         let pages = PagePool::new(slots, pool_tokens.unwrap_or(slots * context), paged);
         let capacity = pages.bound(context).max(1);
+        let pages_per_seq = capacity.div_ceil(KV_PAGE);
         let mut layers = Vec::new();
         for (i, layer) in spec.layers.iter().enumerate() {
             if layer.attn.kv_source != i {
                 layers.push(None);
                 continue;
             }
-            let n = slots * capacity * layer.attn.kv_dim();
+            let ring = layer.attn.window().map(|w| Ring::new(w, capacity));
+            let n = ring.map_or(pages.pages() * KV_PAGE, |r| slots * r.rows) * layer.attn.kv_dim();
             self.cache_bytes += 4 * n as u64;
-            layers.push(Some((self.alloc::<u16>(n)?, self.alloc::<u16>(n)?)));
+            layers.push(Some(LayerKv {
+                k: self.alloc::<u16>(n)?,
+                v: self.alloc::<u16>(n)?,
+                ring,
+            }));
         }
         Ok(CudaCache {
             layers,
             capacity,
             lens: vec![0; slots],
             pages,
+            pages_per_seq,
+            tables: self.alloc::<i32>(slots * pages_per_seq)?,
         })
     }
 
     fn reserve_kv(&mut self, cache: &mut CudaCache, step: &Step) -> Result<()> {
-        cache.pages.reserve(step).map(drop)
+        if cache.pages.reserve(step)? {
+            let tables = cache.pages.flat_tables(cache.pages_per_seq);
+            cache.tables = self.upload(&tables.iter().map(|&p| p as i32).collect::<Vec<i32>>())?;
+        }
+        Ok(())
     }
 
     fn begin_step(&mut self, step: &Step) -> Result<()> {
         self.take_error()?;
+        // A sliding layer's ring holds its window plus one such step (`Ring::new`).
+        if step.len() > PREFILL_CHUNK {
+            bail!(
+                "a step of {} tokens is above the CUDA backend's {PREFILL_CHUNK}",
+                step.len()
+            );
+        }
         let max_position = step.positions.iter().copied().max().unwrap_or(0);
         let ints = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let tokens: Vec<i32> = step.tokens.iter().map(|&t| t as i32).collect();

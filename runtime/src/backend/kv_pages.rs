@@ -2,7 +2,7 @@
 //! sequence slot, handed out `KV_PAGE` positions at a time as sequences grow and returned when they shrink.
 //! Every full-attention layer grows in step with the others, so one page table per slot serves them all: page
 //! `table[slot][j / KV_PAGE]` holds position `j` in each full layer's pool. Sliding layers keep fixed rings per
-//! slot and layers that reuse another layer's KV hold nothing, so neither takes pages.
+//! slot (`Ring`) and layers that reuse another layer's KV hold nothing, so neither takes pages.
 
 use super::Step;
 use crate::error::Result;
@@ -10,6 +10,30 @@ use crate::spec::ModelSpec;
 
 /// Positions per page. `shaders/kv_pages.wgsl` holds the same number.
 pub const KV_PAGE: usize = 32;
+
+/// A sliding layer's ring of KV rows per slot: position `j` lives at row `j % rows`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    pub window: usize,
+    pub rows: usize,
+}
+
+impl Ring {
+    /// The window plus the most positions one step adds to a sequence (a prefill chunk), so a step never
+    /// overwrites a key that one of its own rows still sees; never more than `context`.
+    pub fn new(window: usize, context: usize) -> Ring {
+        Ring {
+            window,
+            rows: (window + crate::generate::PREFILL_CHUNK).min(context),
+        }
+    }
+
+    /// Whether the ring, filled up to `seq_len`, still holds every key a token at `len` sees:
+    /// (len - window, len] within the last `rows` positions.
+    pub fn keeps(&self, seq_len: usize, len: usize) -> bool {
+        (len + 1).saturating_sub(self.window) >= seq_len.saturating_sub(self.rows)
+    }
+}
 
 /// The KV widths of the layers whose KV is paged: full-attention layers that own their KV.
 pub fn paged_kv_dims(spec: &ModelSpec) -> impl Iterator<Item = usize> + Clone + '_ {
@@ -136,6 +160,17 @@ mod tests {
         assert_eq!(pool.free_pages(), 2);
         pool.reserve(&Step::single(1, &[0; 60], 15)).unwrap();
         assert_eq!(pool.flat_tables(3), [0, 0, 0, 2, 1, 3]);
+    }
+
+    #[test]
+    fn a_ring_keeps_the_window_of_a_resumed_prefix_only_while_it_is_unwritten() {
+        let ring = Ring::new(100, 10_000);
+        assert_eq!(ring.rows, 100 + crate::generate::PREFILL_CHUNK);
+        assert_eq!(Ring::new(100, 300).rows, 300);
+        // Filled to 1000: rows hold positions 388..1000; resuming at 600 needs 501..=600.
+        assert!(ring.keeps(1000, 600));
+        // Resuming at 450 needs 351..=450, of which 351..388 were overwritten.
+        assert!(!ring.keeps(1000, 450));
     }
 
     #[test]

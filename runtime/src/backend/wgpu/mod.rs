@@ -7,9 +7,10 @@
 //! Memory: activations come from a pool of power-of-two buffers reused across steps (no allocation once
 //! the shapes have been seen); kernel parameters go through one uniform ring with dynamic offsets; bind
 //! groups are cached by the buffers they bind. KV caches are allocated at start-up: sliding layers hold a
-//! ring of `window + MAX_STEP_TOKENS` positions per slot, full layers one pool of pages shared by all slots
-//! (`kv_pages.rs`), KV-reusing layers nothing (they bind their source layer's buffers). K and V are kept
-//! in f16 (`KvDtype`), pairs packed in u32 words that any adapter reads; f32 or FP8 E4M3 on request.
+//! ring of window + one prefill chunk of positions per slot (`kv_pages::Ring`), full layers one pool of pages
+//! shared by all slots (`kv_pages.rs`), KV-reusing layers nothing (they bind their source layer's buffers).
+//! K and V are kept in f16 (`KvDtype`), pairs packed in u32 words that any adapter reads; f32 or FP8 E4M3 on
+//! request.
 
 pub mod gpu;
 pub mod kernels;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::kv_pages::{paged_kv_dims, PagePool, KV_PAGE};
+use super::kv_pages::{paged_kv_dims, PagePool, Ring, KV_PAGE};
 use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::bail;
 use crate::checkpoint::HostTensor;
@@ -117,9 +118,8 @@ pub struct GpuRope {
 struct LayerKv {
     k: Arc<GpuBuffer>,
     v: Arc<GpuBuffer>,
-    /// Sliding layers: positions each slot's ring holds. Full layers: None, paged from `WgpuCache::pages`.
-    ring: Option<usize>,
-    window: Option<usize>,
+    /// Sliding layers' rings; full layers are paged from `WgpuCache::pages`.
+    ring: Option<Ring>,
 }
 
 pub struct WgpuCache {
@@ -146,13 +146,12 @@ impl KvCache for WgpuCache {
         self.lens.len()
     }
     fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        // A ring of `ring` positions still holds [seq_len - ring, seq_len); a token at `len` needs
-        // (len - window, len).
         len <= self.lens[slot]
-            && self.layers.iter().flatten().all(|l| match (l.window, l.ring) {
-                (Some(w), Some(ring)) => (len + 1).saturating_sub(w) >= self.lens[slot].saturating_sub(ring),
-                _ => true,
-            })
+            && self
+                .layers
+                .iter()
+                .flatten()
+                .all(|l| l.ring.is_none_or(|ring| ring.keeps(self.lens[slot], len)))
     }
     fn truncate(&mut self, slot: usize, len: usize) {
         // Positions from `len` on are rewritten as the sequence grows again.
@@ -977,8 +976,8 @@ impl Backend for WgpuBackend {
                 layers.push(None);
                 continue;
             }
-            let ring = l.attn.window().map(|w| (w + MAX_STEP_TOKENS).min(context));
-            let rows = ring.map_or(pages.pages() * KV_PAGE, |r| slots * r);
+            let ring = l.attn.window().map(|w| Ring::new(w, context));
+            let rows = ring.map_or(pages.pages() * KV_PAGE, |r| slots * r.rows);
             let per_word = kv_values_per_word(self.kernels.kv_dtype());
             if l.attn.kv_dim() % per_word != 0 {
                 bail!(
@@ -989,7 +988,7 @@ impl Backend for WgpuBackend {
             }
             let bytes = (rows * l.attn.kv_dim() * kv_bytes) as u64;
             if bytes > max {
-                bail!("layer {i}: its KV ring for {slots} sequence(s) of {} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", ring.unwrap_or(0), self.gpu.name());
+                bail!("layer {i}: its KV ring for {slots} sequence(s) of {} tokens takes {bytes} bytes, more than one buffer holds on {} ({max}); use a shorter context", ring.map_or(0, |r| r.rows), self.gpu.name());
             }
             let mut make = || {
                 let buffer = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -1005,7 +1004,6 @@ impl Backend for WgpuBackend {
                 k: make(),
                 v: make(),
                 ring,
-                window: l.attn.window(),
             }));
             self.allocated += 2 * bytes.max(16);
         }
@@ -1166,7 +1164,7 @@ impl Backend for WgpuBackend {
             .expect("validated: the KV source layer owns a cache");
         let (kc, vc) = (layer.k.clone(), layer.v.clone());
         // A ring's row count, or 0 for a paged layer (kv_pages.wgsl).
-        let (ring, pages_per_seq) = (layer.ring.unwrap_or(0), cache.pages_per_seq);
+        let (ring, pages_per_seq) = (layer.ring.map_or(0, |r| r.rows), cache.pages_per_seq);
         let (pos, seqs) = (self.step_positions.clone(), self.step_seqs.clone());
         if let Some((k, v)) = kv {
             let params = [k.rows as u32, spec.kv_dim() as u32, ring as u32, pages_per_seq as u32];
@@ -1179,7 +1177,7 @@ impl Backend for WgpuBackend {
         let layer_range = spec
             .window()
             .unwrap_or(cache.context)
-            .min(layer.ring.unwrap_or(cache.context));
+            .min(layer.ring.map_or(cache.context, |r| r.rows));
         let split = split_attention(q.rows, max_pos, layer_range);
         let params = [
             spec.n_heads as u32,
