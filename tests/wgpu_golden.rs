@@ -16,12 +16,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{expected, fixtures};
+use common::{expected, fixtures, fixtures_root};
 
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::wgpu::gpu::{self, Gpu};
 use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::{KvDtype, WeightDtype};
+use volt_runtime::backend::{Backend, KvDtype, WeightDtype};
 use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::{Sampler, SamplingParams};
@@ -310,4 +310,30 @@ fn decode_steps_allocate_no_new_device_memory() {
         after[2..].iter().all(|&b| b == after[2]),
         "decode keeps allocating: {after:?}"
     );
+}
+
+/// FP8 KV words hold four values and are written whole, so a KV width that is not a multiple of 4 is a clear
+/// error at start-up (f16 pairs take it).
+#[test]
+fn an_fp8_kv_cache_refuses_a_width_its_words_cannot_hold() {
+    if gpu::adapters().is_empty() {
+        println!("SKIP: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    }
+    let config = volt_runtime::hf_config::HfConfig::load(&fixtures_root().join("llama")).unwrap();
+    let mut spec = volt_runtime::models::family_of(&config).unwrap().spec(&config).unwrap();
+    for layer in &mut spec.layers {
+        (layer.attn.n_kv_heads, layer.attn.head_dim) = (1, 6);
+    }
+    for (kv, fits) in [(KvDtype::F16, true), (KvDtype::Fp8, false)] {
+        let mut backend = WgpuBackend::with_gpu(Gpu::open_default().unwrap(), WeightDtype::F32, 256).unwrap();
+        backend.set_kv_dtype(kv);
+        match backend.new_cache(&spec, 1, None) {
+            Ok(_) => assert!(fits, "fp8 KV took a width of 6"),
+            Err(e) => {
+                assert!(!fits, "{kv:?}: {e}");
+                assert!(e.to_string().contains("KV width of 6"), "{e}");
+            }
+        }
+    }
 }
