@@ -17,13 +17,14 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use volt_runtime::backend::kv_pages::{paged_kv_dims, PagePool, Ring, KV_PAGE};
 use volt_runtime::backend::{
-    Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes,
+    pick_on_host, Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes,
 };
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::error::Error;
 use volt_runtime::fp8::{self, BlockGrid};
 use volt_runtime::generate::PREFILL_CHUNK;
 use volt_runtime::rope::RopeTable;
+use volt_runtime::sampler::Pick;
 use volt_runtime::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
 use volt_runtime::{bail, Result};
 
@@ -988,6 +989,44 @@ impl Backend for CudaBackend {
             }
         }
         Ok(())
+    }
+
+    /// Greedy rows choose on the device (`pick_greedy` in sample.cu), so only their ids come back; a step
+    /// with a weighted draw still reads the logits back to the reference (no sampling kernel yet).
+    fn pick(&mut self, logits: &CudaTensor, picks: &[Pick]) -> Result<Vec<u32>> {
+        if picks.is_empty() || picks.iter().any(|p| p.params.temperature > 0.0) {
+            return pick_on_host(self, logits, picks);
+        }
+        if logits.rows != picks.len() {
+            bail!("CUDA: {} picks for {} rows of logits", picks.len(), logits.rows);
+        }
+        self.take_error()?;
+        let mut penalized: Vec<i32> = Vec::new();
+        let mut starts = vec![0i32];
+        for p in picks {
+            penalized.extend(p.penalized.iter().map(|&id| id as i32));
+            starts.push(penalized.len() as i32);
+        }
+        // Never read when no row has penalized ids; an upload needs one element.
+        penalized.push(-1);
+        let penalties: Vec<f32> = picks.iter().map(|p| p.params.repeat_penalty).collect();
+        let (penalized, starts, penalties) = (
+            self.upload(&penalized)?,
+            self.upload(&starts)?,
+            self.upload(&penalties)?,
+        );
+        let out = self.alloc::<i32>(picks.len())?;
+        let args = [
+            self.tptr(logits)?,
+            Arg::I32(logits.cols as i32),
+            self.ptr(&penalized),
+            self.ptr(&starts),
+            self.ptr(&penalties),
+            self.ptr(&out),
+        ];
+        self.launch("pick_greedy", (picks.len(), 1), 256, &args)?;
+        let ids = self.stream.clone_dtoh(&out).map_err(driver_error)?;
+        Ok(ids[..picks.len()].iter().map(|&id| id as u32).collect())
     }
 
     fn read(&mut self, x: &CudaTensor) -> Result<Vec<f32>> {

@@ -74,6 +74,12 @@ pub const MODULES: &[KernelModule] = &[
         entries: &["kv_write", "attention"],
         min_capability: (8, 0),
     },
+    KernelModule {
+        name: "sample",
+        source: include_str!("../kernels/sample.cu"),
+        entries: &["pick_greedy"],
+        min_capability: (8, 0),
+    },
 ];
 
 /// The NVRTC target for a compute capability: the arch-specific `sm_90a` on Hopper (wgmma/setmaxnreg need

@@ -181,6 +181,17 @@ impl Step {
     }
 }
 
+/// `Backend::pick` by the reference: reads the logits back and runs `Pick::choose` on each row.
+pub fn pick_on_host<B: Backend>(backend: &mut B, logits: &B::Tensor, picks: &[Pick]) -> Result<Vec<u32>> {
+    let data = backend.read(logits)?;
+    let vocab = data.len() / picks.len().max(1);
+    Ok(picks
+        .iter()
+        .zip(data.chunks(vocab.max(1)))
+        .map(|(p, row)| p.choose(row))
+        .collect())
+}
+
 pub trait Backend: WeightTypes + Sized {
     /// Activations: [rows, cols], one row per token of the step.
     type Tensor;
@@ -243,13 +254,7 @@ pub trait Backend: WeightTypes + Sized {
     /// Chooses a token from each row of `logits` ([picks.len(), vocab]). This default reads the logits back
     /// and runs the reference (`Pick::choose`); a GPU backend chooses on the device and reads back the ids.
     fn pick(&mut self, logits: &Self::Tensor, picks: &[Pick]) -> Result<Vec<u32>> {
-        let data = self.read(logits)?;
-        let vocab = data.len() / picks.len().max(1);
-        Ok(picks
-            .iter()
-            .zip(data.chunks(vocab.max(1)))
-            .map(|(p, row)| p.choose(row))
-            .collect())
+        pick_on_host(self, logits, picks)
     }
 
     /// Whether the ops only record work until a read, so a step can be recorded before its tokens are all
