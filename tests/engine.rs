@@ -12,7 +12,7 @@ use common::fixtures_root;
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::wgpu::gpu::{self, Gpu};
 use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::WeightDtype;
+use volt_runtime::backend::{KvDtype, WeightDtype};
 use volt_runtime::engine::{Completion, Engine, Event, Request};
 use volt_runtime::generate::{generate, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
@@ -29,19 +29,22 @@ fn session_with_pool(dir: &Path, backend: &str, slots: usize, pool_tokens: Optio
             BackendSession::load_with_pool(CpuBackend::new(WeightDtype::F32), dir, slots, pool_tokens).unwrap(),
         ),
         _ => {
-            let wgpu = WgpuBackend::with_gpu(Gpu::open_default().unwrap(), WeightDtype::F32, 1024).unwrap();
+            let mut wgpu = WgpuBackend::with_gpu(Gpu::open_default().unwrap(), WeightDtype::F32, 1024).unwrap();
+            if backend == "wgpu fp8 KV" {
+                wgpu.set_kv_dtype(KvDtype::Fp8);
+            }
             Box::new(BackendSession::load_with_pool(wgpu, dir, slots, pool_tokens).unwrap())
         }
     }
 }
 
-/// The backends to run on: the CPU, and wgpu when an adapter exists.
+/// The backends to run on: the CPU, and wgpu (its default f16 KV, and fp8 KV) when an adapter exists.
 fn backends() -> Vec<&'static str> {
     if gpu::adapters().is_empty() {
         println!("SKIP the wgpu half: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         vec!["cpu"]
     } else {
-        vec!["cpu", "wgpu"]
+        vec!["cpu", "wgpu", "wgpu fp8 KV"]
     }
 }
 
@@ -124,7 +127,7 @@ fn batched_generation_gives_the_tokens_of_one_at_a_time() {
             let engine = Engine::start(session(&dir, backend, 3), None, vec![]);
             all_at_once_gives(&engine, &prompts, 10, &expected, &format!("{backend} {fixture}"));
             let ahead = engine.stats().prepared_ahead;
-            if backend == "wgpu" {
+            if backend.starts_with("wgpu") {
                 // Decode steps are recorded while the step before them runs.
                 assert!(ahead > 0, "{fixture}: no step was prepared ahead on wgpu");
             }

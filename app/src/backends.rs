@@ -85,6 +85,7 @@ pub fn open_with_pool(
     }
 }
 
+/// The model in `dir` on `backend`, as the session every command drives.
 fn load<B: Backend + Send + 'static>(
     backend: B,
     dir: &Path,
