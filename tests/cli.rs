@@ -448,17 +448,24 @@ fn cuda_kernels_compile_for_hopper_with_nvrtc_alone() {
     assert!(stdout.trim_end().ends_with(" compiled, 0 failed"), "{stdout}");
 }
 
-#[test]
-fn yi_lightning_layout_saves_the_reports_82_8_percent_of_kv() {
+/// `volt info --json` of the paper's layout (`assets/layouts/yi-lightning.json`) at 64K context, plus `extra`.
+fn yi_lightning_info(extra: &[&str]) -> serde_json::Value {
     let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/layouts/yi-lightning.json");
-    let v = json_stdout(&volt(&[
+    let mut args = vec![
         "info",
         "--model",
         layout.to_str().unwrap(),
         "--context",
         "65536",
         "--json",
-    ]));
+    ];
+    args.extend(extra);
+    json_stdout(&volt(&args))
+}
+
+#[test]
+fn yi_lightning_layout_saves_the_reports_82_8_percent_of_kv() {
+    let v = yi_lightning_info(&[]);
     // 3/4 of the layers keep 4096 of 65536 positions; the full quarter shares KV in pairs: 1/8 remains.
     let reduction = v["kv_reduction"].as_f64().unwrap();
     assert!(
@@ -478,23 +485,10 @@ fn yi_lightning_layout_saves_the_reports_82_8_percent_of_kv() {
 /// `--kv-dtype` changes the bytes `volt info` reports (f16 unless told), not the reduction.
 #[test]
 fn info_counts_kv_bytes_in_the_chosen_kv_dtype() {
-    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/layouts/yi-lightning.json");
-    let info = |kv: Option<&str>| {
-        let mut args = vec![
-            "info",
-            "--model",
-            layout.to_str().unwrap(),
-            "--context",
-            "65536",
-            "--json",
-        ];
-        args.extend(kv.map(|k| ["--kv-dtype", k]).into_iter().flatten());
-        json_stdout(&volt(&args))
-    };
-    let default = info(None);
+    let default = yi_lightning_info(&[]);
     assert_eq!(default["kv_dtype"], "f16");
     for (kv, bytes) in [("f32", 4.0), ("f16", 2.0), ("fp8", 1.0)] {
-        let v = info(Some(kv));
+        let v = yi_lightning_info(&["--kv-dtype", kv]);
         assert_eq!(v["kv_dtype"], kv);
         assert_eq!(
             v["kv_bytes"].as_f64().unwrap(),

@@ -34,6 +34,16 @@ impl Dtypes {
     }
 }
 
+/// The KV dtype a session on `backend` keeps: `--kv-dtype`, else the backend's own (f32 on the CPU reference,
+/// f16 on the GPU backends).
+pub fn kv_dtype(backend: &str, dtypes: &Dtypes) -> Result<KvDtype> {
+    match &dtypes.kv {
+        Some(kv) => KvDtype::parse(kv),
+        None if backend == "cpu" => Ok(KvDtype::F32),
+        None => Ok(KvDtype::F16),
+    }
+}
+
 /// Loads `dir` on the chosen backend with `slots` sequence slots.
 pub fn open(dir: &Path, backend: &str, dtypes: &Dtypes, slots: usize) -> Result<Box<dyn Session + Send>> {
     open_with_pool(dir, backend, dtypes, slots, None)
@@ -57,22 +67,17 @@ pub fn open_with_pool(
         Some(d) => WeightDtype::parse(d)?,
         None => Checkpoint::open(dir)?.storage_dtype(),
     };
-    let kv = dtypes.kv.as_deref().map(KvDtype::parse).transpose()?;
+    let kv = kv_dtype(chosen, dtypes)?;
     match chosen {
-        "cpu" => {
-            let backend = CpuBackend::new(dtype).with_kv_dtype(kv.unwrap_or(KvDtype::F32));
-            load(backend, dir, slots, pool_tokens)
-        }
+        "cpu" => load(CpuBackend::new(dtype).with_kv_dtype(kv), dir, slots, pool_tokens),
         "wgpu" => {
             let gpu = Gpu::open_default().map_err(|e| e.context("backend wgpu cannot start"))?;
             let mut backend = WgpuBackend::with_gpu(gpu, dtype, GPU_CONTEXT)?;
-            if let Some(kv) = kv {
-                backend.set_kv_dtype(kv);
-            }
+            backend.set_kv_dtype(kv);
             load(backend, dir, slots, pool_tokens)
         }
         _ => {
-            if let Some(kv) = kv.filter(|&kv| kv != KvDtype::F16) {
+            if kv != KvDtype::F16 {
                 bail!(
                     "the cuda backend keeps its KV cache in f16; --kv-dtype {} runs on cpu and wgpu",
                     kv.name()

@@ -15,7 +15,7 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
-use volt_runtime::backend::kv_pages::{paged_kv_dims, PagePool, Ring, KV_PAGE};
+use volt_runtime::backend::kv_pages::{can_resume, paged_kv_dims, PagePool, Ring, KV_PAGE};
 use volt_runtime::backend::{
     pick_on_host, Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes,
 };
@@ -116,12 +116,11 @@ impl KvCache for CudaCache {
         self.pages.shrink(slot, 0);
     }
     fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        len <= self.lens[slot]
-            && self
-                .layers
-                .iter()
-                .flatten()
-                .all(|l| l.ring.is_none_or(|ring| ring.keeps(self.lens[slot], len)))
+        can_resume(
+            self.layers.iter().flatten().filter_map(|l| l.ring),
+            self.lens[slot],
+            len,
+        )
     }
     fn truncate(&mut self, slot: usize, len: usize) {
         self.lens[slot] = len;

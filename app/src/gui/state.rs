@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use volt_runtime::backend::{KvDtype, LayerRouting};
+use volt_runtime::backend::LayerRouting;
 use volt_runtime::chat_template::ChatMessage;
 use volt_runtime::engine::{Event, KvUsage};
 use volt_runtime::generate::{FinishReason, GenerateOptions};
@@ -288,6 +288,11 @@ pub struct ChatApp {
 }
 
 impl ChatApp {
+    /// `--dtype` and `--kv-dtype` as `volt chat` was given them.
+    pub fn dtypes(&self) -> &Dtypes {
+        &self.dtypes
+    }
+
     /// Reads the saved conversations and settings and starts loading the model in the background.
     pub fn new(options: AppOptions) -> ChatApp {
         let store = Store::open(&options.data_dir);
@@ -787,7 +792,7 @@ impl Drop for ChatApp {
 }
 
 /// The memory a model folder needs on `backend`, read from its config and weights' header before loading.
-pub fn memory_estimate(dir: &Path, backend: &str) -> Result<String> {
+pub fn memory_estimate(dir: &Path, backend: &str, dtypes: &Dtypes) -> Result<String> {
     let config = HfConfig::load(dir)?;
     let spec = models::family_of(&config)?.spec(&config)?;
     let dtype = volt_runtime::checkpoint::Checkpoint::open(dir)?.storage_dtype();
@@ -796,8 +801,7 @@ pub fn memory_estimate(dir: &Path, backend: &str) -> Result<String> {
         "cpu" => spec.max_position_embeddings,
         _ => spec.max_position_embeddings.min(crate::backends::GPU_CONTEXT),
     };
-    // The CPU reference keeps f32 KV, GPU backends f16.
-    let kv_dtype = if backend == "cpu" { KvDtype::F32 } else { KvDtype::F16 };
+    let kv_dtype = crate::backends::kv_dtype(backend, dtypes)?;
     let kv = (SLOTS as u64 * spec.kv_bytes(context, kv_dtype)) as f64;
     Ok(format!(
         "about {}: weights {} ({}) + KV cache {} ({SLOTS} conversations of {context} tokens, {})",

@@ -239,7 +239,8 @@ fn settings(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
         let key = format!("{}|{}", view.model_dir.trim(), app.settings.backend);
         if view.estimate.as_ref().is_none_or(|(k, _)| *k != key) {
             let dir = std::path::Path::new(view.model_dir.trim());
-            let text = super::state::memory_estimate(dir, &app.settings.backend).unwrap_or_else(|e| e.to_string());
+            let text = super::state::memory_estimate(dir, &app.settings.backend, app.dtypes())
+                .unwrap_or_else(|e| e.to_string());
             view.estimate = Some((key, text));
         }
         if let Some((_, text)) = &view.estimate {

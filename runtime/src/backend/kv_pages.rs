@@ -35,6 +35,12 @@ impl Ring {
     }
 }
 
+/// `KvCache::can_truncate` of a cache whose sliding layers keep `rings`: a slot filled to `seq_len` can go
+/// on from `len` when every ring still holds the keys a token at `len` sees (pages keep every position).
+pub fn can_resume(rings: impl IntoIterator<Item = Ring>, seq_len: usize, len: usize) -> bool {
+    len <= seq_len && rings.into_iter().all(|ring| ring.keeps(seq_len, len))
+}
+
 /// The KV widths of the layers whose KV is paged: full-attention layers that own their KV.
 pub fn paged_kv_dims(spec: &ModelSpec) -> impl Iterator<Item = usize> + Clone + '_ {
     spec.layers

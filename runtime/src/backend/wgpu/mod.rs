@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::kv_pages::{paged_kv_dims, PagePool, Ring, KV_PAGE};
+use super::kv_pages::{can_resume, paged_kv_dims, PagePool, Ring, KV_PAGE};
 use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
 use crate::bail;
 use crate::checkpoint::HostTensor;
@@ -146,12 +146,11 @@ impl KvCache for WgpuCache {
         self.lens.len()
     }
     fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        len <= self.lens[slot]
-            && self
-                .layers
-                .iter()
-                .flatten()
-                .all(|l| l.ring.is_none_or(|ring| ring.keeps(self.lens[slot], len)))
+        can_resume(
+            self.layers.iter().flatten().filter_map(|l| l.ring),
+            self.lens[slot],
+            len,
+        )
     }
     fn truncate(&mut self, slot: usize, len: usize) {
         // Positions from `len` on are rewritten as the sequence grows again.
