@@ -29,7 +29,7 @@ fn steady_timings(h: &mut Harness<'_, VoltApp>) {
 
 #[test]
 fn the_app_renders_as_in_the_snapshots() {
-    if volt_runtime::backend::wgpu::gpu::adapters().is_empty() {
+    if volt_wgpu::adapters().is_empty() {
         println!("SKIP: no wgpu adapter to render with (install mesa-vulkan-drivers for lavapipe)");
         return;
     }

@@ -405,7 +405,7 @@ fn check_runs_every_kernel_and_reports_a_table() {
 }
 
 fn volt_runtime_has_no_adapter() -> bool {
-    volt_runtime::backend::wgpu::gpu::adapters().is_empty()
+    volt_wgpu::adapters().is_empty()
 }
 
 #[test]
@@ -657,6 +657,36 @@ fn generate_without_a_model_uses_the_shipped_one() {
         "cpu",
     ]));
     assert!(!chat["tokens"].as_array().unwrap().is_empty());
+}
+
+/// A binary moved out of the source tree finds the default model beside it, else in the data directory
+/// (here fixtures stand in for it, so the family says which place was used).
+#[test]
+fn a_moved_binary_finds_the_default_model_beside_it_or_in_the_data_directory() {
+    let root = std::env::temp_dir().join(format!("volt-moved-{}", std::process::id()));
+    let (bin, data) = (root.join("bin"), root.join("data"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(data.join("models")).unwrap();
+    let exe = bin.join("volt");
+    // A hard link keeps the path the process sees as its own (a symlink would resolve back to target/).
+    std::fs::hard_link(env!("CARGO_BIN_EXE_volt"), &exe)
+        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_volt"), &exe).map(drop))
+        .unwrap();
+    let family = || {
+        let out = Command::new(&exe)
+            .args(["info", "--json"])
+            .env_remove("VOLT_MODEL")
+            .env("VOLT_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        json_stdout(&out)["family"].as_str().unwrap().to_string()
+    };
+    std::os::unix::fs::symlink(fixture("qwen3"), bin.join("volt-tiny")).unwrap();
+    assert_eq!(family(), "qwen3");
+    std::fs::remove_file(bin.join("volt-tiny")).unwrap();
+    std::os::unix::fs::symlink(fixture("llama"), data.join("models/volt-tiny")).unwrap();
+    assert_eq!(family(), "llama");
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// The terminal chat keeps a multi-turn conversation on the shipped model and quits on /exit.

@@ -10,9 +10,8 @@ use std::sync::mpsc::Receiver;
 
 use common::fixtures_root;
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_runtime::backend::wgpu::gpu::{self, Gpu};
-use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::{KvDtype, WeightDtype};
+use volt_wgpu::{adapters, Gpu, WgpuBackend};
+use volt_runtime::dtype::{KvDtype, WeightDtype};
 use volt_runtime::engine::{Completion, Engine, Event, Request};
 use volt_runtime::generate::{generate, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
@@ -40,7 +39,7 @@ fn session_with_pool(dir: &Path, backend: &str, slots: usize, pool_tokens: Optio
 
 /// The backends to run on: the CPU, and wgpu (its default f16 KV, and fp8 KV) when an adapter exists.
 fn backends() -> Vec<&'static str> {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP the wgpu half: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         vec!["cpu"]
     } else {
@@ -151,7 +150,7 @@ fn a_full_kv_pool_makes_sequences_wait_or_yield_without_changing_a_token() {
             let prompts = prompts(&[40, 30, 50, 20, 35, 45], vocab);
             let expected = one_at_a_time(alone.as_mut(), &prompts, 24);
             let small = session_with_pool(&dir, backend, 4, Some(96));
-            assert_eq!((small.pool_pages(), small.context()), (3, 96));
+            assert_eq!((small.kv().pages().pages(), small.context()), (3, 96));
             let engine = Engine::start(small, None, vec![]);
             all_at_once_gives(&engine, &prompts, 24, &expected, &format!("{backend} {fixture}"));
             let stats = engine.stats();
@@ -169,7 +168,7 @@ fn a_full_kv_pool_makes_sequences_wait_or_yield_without_changing_a_token() {
 fn a_step_longer_than_one_submission_is_recorded_again_with_its_tokens() {
     // Weights split into many parts make a step's dispatches outgrow the params ring, so part of a step
     // is submitted while it is recorded and its late tokens cannot be filled in: it is recorded again.
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }

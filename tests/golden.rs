@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{expected, fixtures, fixtures_root};
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_runtime::backend::WeightDtype;
+use volt_runtime::dtype::WeightDtype;
 use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::fp8;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
@@ -107,7 +107,7 @@ fn load(name: &str, slots: usize) -> BackendSession<CpuBackend> {
 /// logits it gets when its sequence runs alone.
 #[test]
 fn a_step_mixing_sequences_at_different_positions_matches_running_each_alone() {
-    use volt_runtime::backend::Step;
+    use volt_runtime::step::Step;
     for name in ["mistral", "gpt_oss", "qwen2_moe", "volt", "volt_topk"] {
         let a: Vec<u32> = (0..13).map(|i| (i * 7 + 3) % 97).collect();
         let b: Vec<u32> = (0..9).map(|i| (i * 5 + 1) % 89).collect();
@@ -159,7 +159,7 @@ fn kv_cache_keeps_only_what_the_spec_needs() {
             .map(|(_, l)| l.attn.window().map_or(ids.len(), |w| w.min(ids.len())))
             .sum();
         assert_eq!(s.cache().rows_held(), expected, "{name}");
-        assert_eq!(s.seq_len(0), ids.len());
+        assert_eq!(s.kv().seq_len(0), ids.len());
     }
 }
 

@@ -19,9 +19,9 @@ use std::path::Path;
 use common::{expected, fixtures, fixtures_root};
 
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_runtime::backend::wgpu::gpu::{self, Gpu};
-use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::{Backend, KvDtype, WeightDtype};
+use volt_wgpu::{adapters, Gpu, WgpuBackend};
+use volt_runtime::backend::Backend;
+use volt_runtime::dtype::{KvDtype, WeightDtype};
 use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::{Sampler, SamplingParams};
@@ -36,7 +36,7 @@ fn open(dir: &Path, dtype: WeightDtype, kv: KvDtype) -> Result<BackendSession<Wg
 
 #[test]
 fn wgpu_matches_transformers_on_every_fixture() {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP wgpu golden tests: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
@@ -139,7 +139,7 @@ fn wgpu_matches_transformers_on_every_fixture() {
 /// and the prefill kernels.
 #[test]
 fn weights_split_across_bindings_give_the_same_logits() {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP split weights: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
@@ -177,15 +177,15 @@ fn weights_split_across_bindings_give_the_same_logits() {
 /// The op-level conformance suite (what `volt check` prints) on every adapter found.
 #[test]
 fn conformance_suite_passes_on_every_adapter() {
-    let adapters = gpu::adapters();
+    let adapters = adapters();
     if adapters.is_empty() {
         println!("SKIP conformance: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
     for adapter in adapters {
-        let name = gpu::adapter_name(&adapter.get_info());
+        let name = volt_wgpu::adapter_name(&adapter.get_info());
         let mut device = Some(Gpu::open(adapter).unwrap());
-        let results = volt_runtime::conformance::check_wgpu(
+        let results = volt_wgpu::conformance::check_wgpu(
             |dtype| {
                 let g = device.take().map_or_else(|| Gpu::open_default(), Ok)?;
                 WgpuBackend::with_gpu(g, dtype, 4096)
@@ -221,7 +221,7 @@ fn conformance_suite_passes_on_every_adapter() {
 /// The shipped model's perplexity on wgpu agrees with the CPU backend (the issue asks for 1%).
 #[test]
 fn default_model_perplexity_on_wgpu_matches_the_cpu() {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP wgpu perplexity: no GPU adapter");
         return;
     }
@@ -251,7 +251,7 @@ fn default_model_perplexity_on_wgpu_matches_the_cpu() {
 /// filters and a hotter setting with a repetition penalty, two seeds each, 24 tokens.
 #[test]
 fn sampled_generation_on_wgpu_matches_the_cpu() {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP wgpu sampling: no GPU adapter");
         return;
     }
@@ -290,11 +290,11 @@ fn sampled_generation_on_wgpu_matches_the_cpu() {
 /// from the ring, bind groups from the cache.
 #[test]
 fn decode_steps_allocate_no_new_device_memory() {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP wgpu allocation test: no GPU adapter");
         return;
     }
-    use volt_runtime::backend::Step;
+    use volt_runtime::step::Step;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/volt");
     let mut s = open(&dir, WeightDtype::F16, KvDtype::F16).unwrap();
     let mut sampler = Sampler::new(SamplingParams::default());
@@ -316,7 +316,7 @@ fn decode_steps_allocate_no_new_device_memory() {
 /// error at start-up (f16 pairs take it).
 #[test]
 fn an_fp8_kv_cache_refuses_a_width_its_words_cannot_hold() {
-    if gpu::adapters().is_empty() {
+    if adapters().is_empty() {
         println!("SKIP: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }

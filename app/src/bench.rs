@@ -4,10 +4,12 @@
 use std::time::Instant;
 
 use serde_json::json;
-use volt_runtime::backend::{Precision, Step, WeightDtype};
+use volt_runtime::dtype::Precision;
+use volt_runtime::generate::prefill;
 use volt_runtime::sampler::{Sampler, SamplingParams};
 use volt_runtime::session::Session;
 use volt_runtime::spec::ModelSpec;
+use volt_runtime::step::Step;
 use volt_runtime::{bail, Result};
 
 use crate::backends::{self, Dtypes};
@@ -34,12 +36,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     if prompt_tokens == 0 || gen_tokens == 0 || batch == 0 {
         bail!("--prompt-tokens, --gen-tokens and --batch must be at least 1");
     }
-    let mut session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        &Dtypes::from_flags(&flags),
-        batch,
-    )?;
+    let mut session = backends::open(&flags, &dir, batch, None)?;
     let spec = session.spec().clone();
     if prompt_tokens + gen_tokens > spec.max_position_embeddings {
         bail!(
@@ -47,10 +44,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             spec.max_position_embeddings
         );
     }
-    let dtype = match flags.str("dtype") {
-        Some(d) => WeightDtype::parse(d)?,
-        None => volt_runtime::checkpoint::Checkpoint::open(&dir)?.storage_dtype(),
-    };
+    let dtype = Dtypes::from_flags(&flags)?.weights(&dir)?;
     // Deterministic prompt ids spread over the vocabulary.
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 2654435761) % spec.vocab_size) as u32)
@@ -63,19 +57,14 @@ pub fn bench(args: &[String]) -> Result<()> {
         &[0],
         &[greedy.clone()],
     )?;
-    session.reset(0);
+    session.kv_mut().reset(0);
 
     let mut next = Vec::with_capacity(batch);
     let started = Instant::now();
     let mut ttft = 0.0;
     for slot in 0..batch {
-        session.reset(slot);
-        let mut id = 0;
-        for (c, chunk) in prompt.chunks(volt_runtime::generate::PREFILL_CHUNK).enumerate() {
-            let step = Step::single(slot, chunk, c * volt_runtime::generate::PREFILL_CHUNK);
-            id = session.forward_pick(&step, &[chunk.len() - 1], &[greedy.clone()])?[0];
-        }
-        next.push(id);
+        session.kv_mut().reset(slot);
+        next.push(prefill(session.as_mut(), slot, &prompt, 0, greedy.clone())?);
         if slot == 0 {
             ttft = started.elapsed().as_secs_f64();
         }

@@ -10,7 +10,7 @@ use volt_runtime::generate::GenerateOptions;
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::{bail, Result};
 
-use crate::backends::Dtypes;
+use crate::backends::{BackendChoice, Dtypes};
 use crate::chat_model::ChatModel;
 use crate::cli::Flags;
 
@@ -30,13 +30,8 @@ pub fn terminal(args: &[String]) -> Result<()> {
         &["terminal"],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
-    let model = ChatModel::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        &Dtypes::from_flags(&flags),
-        1,
-        |_| {},
-    )?;
+    let backend = BackendChoice::from_flags(&flags)?;
+    let model = ChatModel::open(&dir, backend, &Dtypes::from_flags(&flags)?, 1, |_| {})?;
     let defaults = SamplingParams::default();
     let opts = GenerateOptions {
         max_tokens: flags.get_or("max-tokens", 256)?,

@@ -12,7 +12,7 @@ use volt_runtime::spec::ModelSpec;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result};
 
-use crate::backends::{self, Dtypes};
+use crate::backends::{BackendChoice, Dtypes};
 
 pub struct ChatModel {
     pub dir: PathBuf,
@@ -29,7 +29,7 @@ impl ChatModel {
     /// large models).
     pub fn open(
         dir: &Path,
-        backend: &str,
+        backend: BackendChoice,
         dtypes: &Dtypes,
         slots: usize,
         mut stage: impl FnMut(&str),
@@ -42,7 +42,7 @@ impl ChatModel {
             bail!("{} has no chat template", dir.display())
         };
         stage("loading the weights");
-        let session = backends::open(dir, backend, dtypes, slots)?;
+        let session = backend.resolve().open(dir, dtypes, slots, None)?;
         stage("starting the engine");
         let eos = gen::eos_ids(dir, session.spec(), Some(&tokenizer));
         let describe = session.describe();

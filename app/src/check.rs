@@ -1,12 +1,11 @@
 //! `volt check`: the conformance suite (every op against the CPU reference) on every GPU adapter found, as
 //! a table adapter x op x dtype; exit 0 only if all pass. `--compile-only` builds every kernel instead.
 
-use volt_runtime::backend::wgpu::gpu::{self, Gpu};
-use volt_runtime::backend::wgpu::kernels::{KernelFeatures, Kernels};
-use volt_runtime::backend::wgpu::WgpuBackend;
-use volt_runtime::backend::{KvDtype, WeightDtype};
 use volt_runtime::conformance::CaseResult;
-use volt_runtime::{bail, conformance, Result};
+use volt_runtime::dtype::{KvDtype, WeightDtype};
+use volt_runtime::{bail, Result};
+use volt_wgpu::kernels::{KernelFeatures, Kernels};
+use volt_wgpu::{adapter_name, adapters, Gpu, WgpuBackend};
 
 use crate::cli::Flags;
 
@@ -17,14 +16,14 @@ pub fn check(args: &[String]) -> Result<()> {
         "cuda" => return crate::check_cuda::check(flags.has("compile-only")),
         other => bail!("volt check runs the GPU backends: --backend wgpu or cuda, not `{other}`"),
     }
-    let adapters = gpu::adapters();
+    let adapters = adapters();
     if adapters.is_empty() {
         bail!("no GPU adapter found (no Vulkan, Metal, DX12 or GL driver; on Linux install mesa-vulkan-drivers)");
     }
     let mut failed = 0;
     let mut total = 0;
     for adapter in adapters {
-        let name = gpu::adapter_name(&adapter.get_info());
+        let name = adapter_name(&adapter.get_info());
         let gpu = match Gpu::open(adapter) {
             Ok(g) => g,
             Err(e) => {
@@ -64,7 +63,7 @@ pub fn check(args: &[String]) -> Result<()> {
         }
         let mut gpu = Some(gpu);
         let dtypes = WeightDtype::ALL;
-        let results = conformance::check_wgpu(
+        let results = volt_wgpu::conformance::check_wgpu(
             |dtype| {
                 // The first dtype gets the device opened above; later ones reopen the same adapter.
                 let g = match gpu.take() {
@@ -120,9 +119,9 @@ pub fn print_results(device: &str, results: &[CaseResult]) {
 }
 
 fn reopen(name: &str) -> Result<Gpu> {
-    match gpu::adapters()
+    match adapters()
         .into_iter()
-        .find(|a| gpu::adapter_name(&a.get_info()) == name)
+        .find(|a| adapter_name(&a.get_info()) == name)
     {
         Some(a) => Gpu::open(a),
         None => bail!("adapter {name} disappeared"),

@@ -4,7 +4,7 @@
 use volt_cuda::kernels::{self, HOPPER};
 use volt_cuda::nvrtc::Nvrtc;
 use volt_cuda::Device;
-use volt_runtime::backend::WeightDtype;
+use volt_runtime::dtype::WeightDtype;
 use volt_runtime::{bail, Result};
 
 pub fn check(compile_only: bool) -> Result<()> {

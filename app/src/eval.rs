@@ -7,7 +7,7 @@ use volt_runtime::session::Session;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result, ResultExt};
 
-use crate::backends::{self, Dtypes};
+use crate::backends;
 use crate::cli::Flags;
 
 /// Loads the model and tokenizes `--file`.
@@ -24,12 +24,7 @@ fn open_with_text(flags: &Flags) -> Result<(Box<dyn Session>, Vec<u32>)> {
     if ids.is_empty() {
         bail!("empty input: {file} has no text");
     }
-    let session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        &Dtypes::from_flags(flags),
-        1,
-    )?;
+    let session = backends::open(flags, &dir, 1, None)?;
     Ok((session, ids))
 }
 

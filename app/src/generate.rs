@@ -10,7 +10,7 @@ use volt_runtime::sampler::SamplingParams;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Result};
 
-use crate::backends::{self, Dtypes};
+use crate::backends;
 use crate::cli::{parse_ids, Flags};
 
 pub fn logits(args: &[String]) -> Result<()> {
@@ -20,12 +20,7 @@ pub fn logits(args: &[String]) -> Result<()> {
     };
     let ids = parse_ids(ids)?;
     let dir = crate::model_path(flags.str("model"))?;
-    let mut session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        &Dtypes::from_flags(&flags),
-        1,
-    )?;
+    let mut session = backends::open(&flags, &dir, 1, None)?;
     let rows = gen::prompt_logits(session.as_mut(), 0, &ids)?;
     println!("{}", json!({ "logits": rows }));
     Ok(())
@@ -73,12 +68,7 @@ pub fn generate(args: &[String]) -> Result<()> {
         stop_strings: flags.str("stop").map(|s| vec![s.to_string()]).unwrap_or_default(),
         ignore_eos: flags.has("ignore-eos"),
     };
-    let mut session = backends::open(
-        &dir,
-        flags.str("backend").unwrap_or("auto"),
-        &Dtypes::from_flags(&flags),
-        1,
-    )?;
+    let mut session = backends::open(&flags, &dir, 1, None)?;
     let eos = gen::eos_ids(&dir, session.spec(), tokenizer.as_ref());
     let mut stdout = std::io::stdout().lock();
     let mut ended_with_newline = true;

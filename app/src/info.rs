@@ -2,15 +2,16 @@
 //! config.json alone.
 
 use serde_json::{json, Value};
-use volt_runtime::backend::KvDtype;
+use volt_runtime::dtype::KvDtype;
 use volt_runtime::hf_config::HfConfig;
 use volt_runtime::spec::{FfnSpec, ModelSpec, Selection};
 use volt_runtime::{models, Result, ResultExt};
 
+use crate::backends::{BackendChoice, BackendKind};
 use crate::cli::Flags;
 
 pub fn info(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["model", "context", "kv-dtype"], &["json"])?;
+    let flags = Flags::parse(args, &["model", "context", "kv-dtype", "backend"], &["json"])?;
     let path = crate::model_path(flags.str("model"))?;
     let config = HfConfig::load(&path)?;
     let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
@@ -19,8 +20,15 @@ pub fn info(args: &[String]) -> Result<()> {
     if context == 0 {
         volt_runtime::bail!("--context must be at least 1");
     }
-    // The GPU backends' default; the CPU reference keeps f32.
-    let kv = KvDtype::parse(flags.str("kv-dtype").unwrap_or("f16"))?;
+    // The KV dtype of `--backend`, else of the GPU backends (the CPU reference keeps f32).
+    let kind = match flags.str("backend") {
+        Some(b) => BackendChoice::parse(b)?.resolve(),
+        None => BackendKind::Wgpu,
+    };
+    let kv = match flags.str("kv-dtype") {
+        Some(k) => KvDtype::parse(k)?,
+        None => kind.default_kv_dtype(),
+    };
     let mut report = report(&spec, context, kv);
     // The precision the weights are published in (a config file alone has none).
     let folder = if path.is_dir() { Some(path.as_path()) } else { None };

@@ -16,15 +16,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use volt_runtime::backend::kv_pages::KV_PAGE;
 use volt_runtime::chat_template::{ChatMessage, ChatTemplate};
 use volt_runtime::engine::{Completion, Engine, Event, Request};
 use volt_runtime::generate::{self as gen, GenerateOptions};
+use volt_runtime::kv::KV_PAGE;
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::tokenizer::Tokenizer;
 use volt_runtime::{bail, Error, Result};
 
-use crate::backends::{self, Dtypes};
+use crate::backends;
 use crate::cli::Flags;
 
 struct Server {
@@ -59,9 +59,8 @@ pub fn serve(args: &[String]) -> Result<()> {
     if pool_tokens == Some(0) {
         bail!("--kv-pool must be at least 1 (it is rounded up to pages of {KV_PAGE} positions)");
     }
-    let backend = flags.str("backend").unwrap_or("auto");
-    let session = backends::open_with_pool(&dir, backend, &Dtypes::from_flags(&flags), slots, pool_tokens)?;
-    let pool = session.pool_pages() * KV_PAGE;
+    let session = backends::open(&flags, &dir, slots, pool_tokens)?;
+    let pool = session.kv().pages().pages() * KV_PAGE;
     let eos = gen::eos_ids(&dir, session.spec(), Some(&tokenizer));
     let describe = session.describe();
     let (context, vocab) = (session.context(), session.spec().vocab_size);

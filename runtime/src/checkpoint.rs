@@ -11,6 +11,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 
 use crate::bail;
+use crate::dtype::WeightDtype;
 use crate::error::{Error, Result, ResultExt};
 
 /// A weight on the host, row-major, f32: the form every backend uploads from.
@@ -112,8 +113,7 @@ impl Checkpoint {
 
     /// The float dtype that holds most of the checkpoint's bytes: the precision it was published in, and the
     /// default a backend keeps weights in. MXFP4 blocks count as bf16, the dtype GPT-OSS ships the rest in.
-    pub fn storage_dtype(&self) -> crate::backend::WeightDtype {
-        use crate::backend::WeightDtype;
+    pub fn storage_dtype(&self) -> WeightDtype {
         let mut bytes = [0u64; 4];
         for (_, info) in self.tensors.values() {
             let n = (info.data_offsets.1 - info.data_offsets.0) as u64;

@@ -1,12 +1,12 @@
 //! The engine: a request queue and a scheduler thread doing continuous batching over one session.
 //!
 //! Sequences join and leave between steps. A step holds one decode token for every running sequence, then
-//! prefill chunks of newer ones up to `STEP_TOKENS`, so a long prompt never stalls the others for more than
+//! prefill chunks of newer ones up to `MAX_STEP_TOKENS`, so a long prompt never stalls the others for more than
 //! a chunk. Each request streams its events over its own channel; `cancel`, or dropping the receiver (a
 //! client gone), frees its slot before the next step.
 //!
 //! Memory is fixed at start-up and never grows: a request waits in the queue until a slot is free and the
-//! KV page pool (`backend::kv_pages`) holds its prompt. A decoding sequence that needs a page when none is
+//! KV page pool (`kv::PagePool`) holds its prompt. A decoding sequence that needs a page when none is
 //! free takes one back from the cached prefixes of idle slots, else preempts the youngest running
 //! sequence: its KV is dropped and it waits at the head of the queue, then resumes by prefilling its prompt
 //! and the tokens it had generated, continuing its stream and sampler where they were (vLLM's recompute
@@ -22,7 +22,7 @@
 //! Prefix reuse: a slot keeps the tokens of its last sequence after it ends, so a request that starts with
 //! them (the next turn of a chat, a shared system prompt) continues from the cached KV and prefills only
 //! what is new. A sliding-window layer keeps only its recent positions, so a slot is reused only where the
-//! cache still holds the window the first new token attends to (`Session::can_truncate`); otherwise the
+//! cache still holds the window the first new token attends to (`KvSlots::can_truncate`); otherwise the
 //! prompt is prefilled again.
 
 use std::collections::VecDeque;
@@ -30,16 +30,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crate::backend::{LayerRouting, Step};
+use crate::backend::LayerRouting;
 use crate::error::Result;
-use crate::generate::{check_request, FinishReason, GenerateOptions, SequenceOutput, PREFILL_CHUNK};
+pub use crate::generate::Completion;
+use crate::generate::{check_request, GenerateOptions, SequenceOutput};
+use crate::kv::KV_PAGE;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::session::Session;
+use crate::step::{Step, MAX_STEP_TOKENS};
 use crate::tokenizer::Tokenizer;
-
-/// Tokens per step, decode tokens and prefill chunks together.
-pub const STEP_TOKENS: usize = PREFILL_CHUNK;
 
 pub struct Request {
     pub prompt: Vec<u32>,
@@ -57,16 +58,6 @@ pub enum Event {
     Done(Completion),
     /// The last event of a request that could not run (bad input, a backend failure).
     Error(String),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Completion {
-    pub tokens: Vec<u32>,
-    pub text: Option<String>,
-    pub finish: FinishReason,
-    pub prompt_tokens: usize,
-    /// Prompt tokens continued from the cache instead of being prefilled.
-    pub cached_tokens: usize,
 }
 
 /// What the engine is doing, for health checks and tests.
@@ -133,9 +124,10 @@ impl Engine {
     /// Starts the scheduler thread on `session`; every slot of its cache serves one sequence at a time.
     pub fn start(session: Box<dyn Session + Send>, tokenizer: Option<Tokenizer>, eos_ids: Vec<u32>) -> Engine {
         let (control, inbox) = mpsc::channel();
-        let slots = (0..session.slots()).map(|_| Slot::default()).collect();
+        let n_slots = session.kv().slots();
+        let slots = (0..n_slots).map(|_| Slot::default()).collect();
         let counters = Arc::new(Counters::default());
-        let kv_capacity_bytes = session.slots() as u64 * session.spec().kv_bytes(session.context(), session.kv_dtype());
+        let kv_capacity_bytes = n_slots as u64 * session.spec().kv_bytes(session.context(), session.kv_dtype());
         let scheduler = Scheduler {
             counters: counters.clone(),
             session,
@@ -236,6 +228,9 @@ struct Sequence {
     pending: bool,
     prompt_tokens: usize,
     cached_tokens: usize,
+    /// When it was admitted and when its first token was chosen (for its completion's speeds).
+    admitted: Instant,
+    first_token: Option<Instant>,
     sampler: Sampler,
     output: SequenceOutput,
 }
@@ -294,7 +289,7 @@ impl Scheduler {
                 self.in_flight = None;
                 for seq in self.running.drain(..) {
                     let _ = seq.events.send(Event::Error(e.to_string()));
-                    self.session.reset(seq.slot);
+                    self.session.kv_mut().reset(seq.slot);
                     self.slots[seq.slot] = Slot::default();
                 }
             }
@@ -410,6 +405,8 @@ impl Scheduler {
                 pending: false,
                 prompt_tokens: prompt.len(),
                 cached_tokens: cached,
+                admitted: Instant::now(),
+                first_token: None,
                 sampler: Sampler::new(request.options.sampling.clone()),
                 output: SequenceOutput::new(self.tokenizer.as_ref(), &self.eos_ids, &request.options, max_tokens),
                 tokens: prompt,
@@ -425,7 +422,7 @@ impl Scheduler {
         let reusable = |slot: usize, s: &Slot| {
             let common = s.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count();
             let len = common.min(tokens.len() - 1);
-            if len > 0 && self.session.can_truncate(slot, len) {
+            if len > 0 && self.session.kv().can_truncate(slot, len) {
                 len
             } else {
                 0
@@ -439,19 +436,15 @@ impl Scheduler {
             .map(|(i, s)| (i, reusable(i, s), s.last_used))
             .max_by_key(|&(i, cached, last_used)| (cached, std::cmp::Reverse(last_used), std::cmp::Reverse(i)))
             .map(|(i, cached, _)| (i, cached))?;
-        if cached > 0 {
-            self.session.truncate(slot, cached);
-        } else {
-            self.session.reset(slot);
-        }
+        self.session.kv_mut().truncate(slot, cached);
         self.slots[slot].tokens.truncate(cached);
         // Running prefills keep a claim on the pages the rest of their prompts need.
         let outstanding: usize = self
             .running
             .iter()
-            .map(|s| self.session.pages_needed(s.slot, s.total()))
+            .map(|s| self.pages_needed(s.slot, s.total()))
             .sum();
-        if !self.reclaim(outstanding + self.session.pages_needed(slot, tokens.len()), Some(slot)) {
+        if !self.reclaim(outstanding + self.pages_needed(slot, tokens.len()), Some(slot)) {
             return None;
         }
         self.clock += 1;
@@ -464,14 +457,14 @@ impl Scheduler {
     /// Frees pages held by idle slots' cached prefixes, least recently used first, until `pages` are free;
     /// false when even that is not enough. The cache of `keep` is left alone.
     fn reclaim(&mut self, pages: usize, keep: Option<usize>) -> bool {
-        while self.session.free_pages() < pages {
+        while self.session.kv().pages().free_pages() < pages {
             let idle = (0..self.slots.len())
-                .filter(|&i| Some(i) != keep && !self.slots[i].busy && self.session.seq_len(i) > 0)
+                .filter(|&i| Some(i) != keep && !self.slots[i].busy && self.session.kv().seq_len(i) > 0)
                 .min_by_key(|&i| self.slots[i].last_used);
             let Some(i) = idle else {
                 return false;
             };
-            self.session.reset(i);
+            self.session.kv_mut().reset(i);
             self.slots[i].tokens.clear();
         }
         true
@@ -480,7 +473,7 @@ impl Scheduler {
     /// Drops the KV of the running sequence at `i`; it waits to resume, oldest first.
     fn preempt(&mut self, i: usize) {
         let mut seq = self.running.remove(i);
-        self.session.reset(seq.slot);
+        self.session.kv_mut().reset(seq.slot);
         self.slots[seq.slot] = Slot::default();
         seq.fed = 0;
         let at = self
@@ -505,7 +498,7 @@ impl Scheduler {
         while i < self.running.len() {
             let seq = &self.running[i];
             if decoding(seq) {
-                let need = self.session.pages_needed(seq.slot, seq.total());
+                let need = self.pages_needed(seq.slot, seq.total());
                 if !self.reclaim(promised + need, None) {
                     // The youngest gives way (this sequence itself when it is the youngest).
                     self.preempt(self.running.len() - 1);
@@ -516,21 +509,20 @@ impl Scheduler {
             i += 1;
         }
         self.running.sort_by_key(|s| !decoding(s));
-        let page = crate::backend::kv_pages::KV_PAGE;
-        let mut budget = STEP_TOKENS;
+        let mut budget = MAX_STEP_TOKENS;
         let mut plan = Vec::with_capacity(self.running.len());
         for i in 0..self.running.len() {
             let seq = &self.running[i];
             let (slot, fed) = (seq.slot, seq.fed);
             let mut n = (seq.total() - fed).min(budget);
             if !decoding(seq) {
-                let need = self.session.pages_needed(slot, fed + n);
+                let need = self.pages_needed(slot, fed + n);
                 if need > 0 && !self.reclaim(promised + need, None) {
                     // The rest of the prompt waits for pages to come back.
-                    let spare = self.session.free_pages().saturating_sub(promised);
-                    n = n.min((fed.div_ceil(page) + spare) * page - fed);
+                    let spare = self.session.kv().pages().free_pages().saturating_sub(promised);
+                    n = n.min((fed.div_ceil(KV_PAGE) + spare) * KV_PAGE - fed);
                 }
-                promised += self.session.pages_needed(slot, fed + n);
+                promised += self.pages_needed(slot, fed + n);
             }
             budget -= n;
             plan.push(n);
@@ -641,6 +633,7 @@ impl Scheduler {
                 &mut self.preempted[at]
             };
             seq.pending = false;
+            seq.first_token.get_or_insert_with(Instant::now);
             let kept_before = seq.output.tokens.len();
             let (text, finish) = seq.output.push(id)?;
             // An end-of-sequence id is not part of the output; text it releases still is.
@@ -672,13 +665,11 @@ impl Scheduler {
                 Some(finish) => {
                     // Counted first, so whoever receives `Done` sees it in `stats`.
                     self.counters.completed.fetch_add(1, Ordering::Relaxed);
-                    let _ = seq.events.send(Event::Done(Completion {
-                        tokens: seq.output.tokens.clone(),
-                        text: seq.output.text.clone(),
-                        finish,
-                        prompt_tokens: seq.prompt_tokens,
-                        cached_tokens: seq.cached_tokens,
-                    }));
+                    let first_token = seq.first_token.unwrap_or(seq.admitted);
+                    let completion =
+                        seq.output
+                            .complete(finish, seq.prompt_tokens, seq.cached_tokens, seq.admitted, first_token);
+                    let _ = seq.events.send(Event::Done(completion));
                 }
             }
             if running {
@@ -686,6 +677,11 @@ impl Scheduler {
             }
         }
         Ok(chosen)
+    }
+
+    /// Pages a slot must gain to hold positions `0..len`.
+    fn pages_needed(&self, slot: usize, len: usize) -> usize {
+        self.session.kv().pages().pages_needed(slot, len)
     }
 
     /// Frees a sequence's slot; the slot keeps its cached tokens for a later request to continue.

@@ -1,33 +1,44 @@
-//! Prompt logits and the generation loop on one sequence slot: prefill in chunks, then one token per step,
-//! streaming text as it becomes final.
+//! One sequence on one slot: prompt logits, prefill, and the generation loop (prefill, then one token per
+//! step, streaming text as it becomes final). The engine (`engine.rs`) runs many sequences at once with the
+//! same `SequenceOutput` and `Completion`.
 
 use std::time::Instant;
 
-use crate::backend::Step;
 use crate::bail;
 use crate::error::Result;
-use crate::sampler::{Sampler, SamplingParams, StopMatcher};
+use crate::sampler::{Pick, Sampler, SamplingParams, StopMatcher};
 use crate::session::Session;
+use crate::step::Step;
 use crate::tokenizer::{TextStream, Tokenizer};
-
-/// Tokens per prefill step: bounds activation memory on long prompts.
-pub const PREFILL_CHUNK: usize = 512;
 
 /// Logits at every position of `ids`, [len][vocab], from a fresh sequence in `slot`.
 pub fn prompt_logits(session: &mut dyn Session, slot: usize, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
     if ids.is_empty() {
         bail!("empty input: no token ids");
     }
-    session.reset(slot);
+    session.kv_mut().reset(slot);
     let vocab = session.spec().vocab_size;
     let mut rows = Vec::with_capacity(ids.len());
-    for (c, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
-        let step = Step::single(slot, chunk, c * PREFILL_CHUNK);
-        let all: Vec<usize> = (0..chunk.len()).collect();
+    for step in Step::chunks(slot, ids, 0) {
+        let all: Vec<usize> = (0..step.len()).collect();
         let logits = session.forward(&step, &all)?;
         rows.extend(logits.chunks_exact(vocab).map(<[f32]>::to_vec));
     }
     Ok(rows)
+}
+
+/// Feeds `tokens` to `slot` from position `start` (where its cache ends) in steps of at most
+/// `MAX_STEP_TOKENS`, and returns the token `pick` chooses from the last one's logits. Only the last step
+/// computes logits.
+pub fn prefill(session: &mut dyn Session, slot: usize, tokens: &[u32], start: usize, pick: Pick) -> Result<u32> {
+    let steps: Vec<Step> = Step::chunks(slot, tokens, start).collect();
+    let Some((last, rest)) = steps.split_last() else {
+        bail!("empty input: no tokens to prefill");
+    };
+    for step in rest {
+        session.forward(step, &[step.len() - 1])?;
+    }
+    Ok(session.forward_pick(last, &[last.len() - 1], &[pick])?[0])
 }
 
 #[derive(Clone, Debug)]
@@ -56,15 +67,20 @@ impl FinishReason {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct Generation {
+/// What a finished sequence produced: by `generate`, or by the engine for each request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
     pub tokens: Vec<u32>,
     /// The generated text; None without a tokenizer.
     pub text: Option<String>,
-    pub prompt_tokens: usize,
-    pub prefill_tok_s: f64,
-    pub decode_tok_s: f64,
     pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens continued from the cache instead of being prefilled.
+    pub cached_tokens: usize,
+    /// Prompt tokens prefilled per second, until the first token was chosen.
+    pub prefill_tok_s: f64,
+    /// Tokens per second after the first.
+    pub decode_tok_s: f64,
 }
 
 /// What a sequence has produced so far: its tokens, the text made final, and whether it has ended. The
@@ -140,6 +156,30 @@ impl SequenceOutput {
         Ok(rest)
     }
 
+    /// The completion of a sequence that ended with `finish`: it was admitted at `started`, prefilled
+    /// `prompt_tokens - cached_tokens` tokens and had its first token at `first_token`.
+    pub fn complete(
+        &self,
+        finish: FinishReason,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+        started: Instant,
+        first_token: Instant,
+    ) -> Completion {
+        let prefill_secs = first_token.duration_since(started).as_secs_f64();
+        // The first token comes from the prefill; decode speed counts the steps after it.
+        let decode_steps = self.tokens.len().saturating_sub(1);
+        Completion {
+            tokens: self.tokens.clone(),
+            text: self.text.clone(),
+            finish,
+            prompt_tokens,
+            cached_tokens,
+            prefill_tok_s: rate(prompt_tokens - cached_tokens, prefill_secs),
+            decode_tok_s: rate(decode_steps, first_token.elapsed().as_secs_f64()),
+        }
+    }
+
     fn append(&mut self, piece: &str) {
         if let Some(t) = self.text.as_mut() {
             t.push_str(piece);
@@ -174,27 +214,17 @@ pub fn generate(
     eos_ids: &[u32],
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
-) -> Result<Generation> {
+) -> Result<Completion> {
     let context = session.context();
     check_request(prompt, opts, session.spec().vocab_size, context)?;
-    session.reset(slot);
+    session.kv_mut().reset(slot);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut output = SequenceOutput::new(tokenizer, eos_ids, opts, opts.max_tokens.min(context - prompt.len()));
     let mut history = prompt.to_vec();
 
     let started = Instant::now();
-    let mut id = 0;
-    for (c, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
-        let step = Step::single(slot, chunk, c * PREFILL_CHUNK);
-        if (c + 1) * PREFILL_CHUNK < prompt.len() {
-            session.forward(&step, &[chunk.len() - 1])?;
-        } else {
-            id = session.forward_pick(&step, &[chunk.len() - 1], &[sampler.pick(&history)])?[0];
-        }
-    }
-    let prefill_secs = started.elapsed().as_secs_f64();
-
-    let decode_started = Instant::now();
+    let mut id = prefill(session, slot, prompt, 0, sampler.pick(&history))?;
+    let first_token = Instant::now();
     let finish = loop {
         let (text, finish) = output.push(id)?;
         if !text.is_empty() {
@@ -207,20 +237,10 @@ pub fn generate(
         let step = Step::single(slot, &[id], history.len() - 1);
         id = session.forward_pick(&step, &[0], &[sampler.pick(&history)])?[0];
     };
-    let decode_secs = decode_started.elapsed().as_secs_f64();
-    let tokens = output.tokens;
-    // The first token comes from the prefill; decode speed counts the steps after it.
-    let decode_steps = tokens.len().saturating_sub(1);
-    Ok(Generation {
-        prompt_tokens: prompt.len(),
-        prefill_tok_s: rate(prompt.len(), prefill_secs),
-        decode_tok_s: rate(decode_steps, decode_secs),
-        tokens,
-        text: output.text,
-        finish,
-    })
+    Ok(output.complete(finish, prompt.len(), 0, started, first_token))
 }
 
+/// Tokens per second, 0 when nothing was counted or no time passed.
 fn rate(count: usize, secs: f64) -> f64 {
     if count == 0 || secs <= 0.0 {
         0.0

@@ -1,5 +1,8 @@
-//! volt-runtime: the model spec every backend executes, Hugging Face loaders, the CPU reference backend and
-//! the forward pass written once against the backend trait.
+//! volt-runtime: the GPU-free core. The model spec every backend executes, Hugging Face loaders, tokenizer
+//! and chat templates, the sampler, the forward pass written once against the backend trait, the CPU
+//! reference backend, the KV bookkeeping every backend's cache embeds, sessions, the engine, generation and
+//! the conformance cases generic over any backend. The GPU backends are crates of their own (`volt-wgpu` in
+//! `shaders/`, `volt-cuda` in `native-cuda/`).
 
 pub mod error;
 pub use error::{Error, Result, ResultExt};
@@ -7,11 +10,13 @@ pub mod backend;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod conformance;
+pub mod dtype;
 pub mod engine;
 pub mod eval;
 pub mod fp8;
 pub mod generate;
 pub mod hf_config;
+pub mod kv;
 pub mod model;
 pub mod models;
 pub mod mxfp4;
@@ -20,4 +25,5 @@ pub mod routing_stats;
 pub mod sampler;
 pub mod session;
 pub mod spec;
+pub mod step;
 pub mod tokenizer;

@@ -7,14 +7,17 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, Host, KvCache, MoeExperts, Precision, Step, WeightTypes};
+use crate::backend::{Backend, Host, MoeExperts, WeightTypes};
 use crate::bail;
 use crate::checkpoint::{Checkpoint, HostTensor};
+use crate::dtype::Precision;
 use crate::error::{Result, ResultExt};
 use crate::hf_config::HfConfig;
+use crate::kv::KvCache;
 use crate::models;
 use crate::rope::RopeTable;
 use crate::spec::{FfnSpec, ModelSpec, QkNorm};
+use crate::step::Step;
 
 pub struct Attention<W: WeightTypes> {
     /// [n_heads*head_dim, hidden]
@@ -110,60 +113,54 @@ impl<B: Backend> Model<B> {
         be.begin_step(step)?;
         be.reserve_kv(cache, step)?;
         let eps = self.spec.rms_norm_eps;
-        let mut x = be.embed(&self.globals.embed); // [T, hidden]
+        let mut x = be.embed(&self.globals.embed)?; // [T, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let spec = &self.spec.layers[l];
             let a = &spec.attn;
             let w = &layer.attn;
-            let n = be.rms_norm(&x, &layer.input_norm, eps, self.spec.hidden_size);
-            let mut q = be.linear(&n, &w.q, w.q_bias.as_ref()); // [T, n_heads*head_dim]
-            let mut kv = w.kv.as_ref().map(|(k, v)| {
-                let (kb, vb) = w.kv_bias.as_ref().map(|(k, v)| (k, v)).unzip();
-                (be.linear(&n, k, kb), be.linear(&n, v, vb)) // [T, n_kv_heads*head_dim] each
-            });
+            let n = be.rms_norm(&x, &layer.input_norm, eps, self.spec.hidden_size)?;
+            let mut q = be.linear(&n, &w.q, w.q_bias.as_ref())?; // [T, n_heads*head_dim]
+            let mut kv = match &w.kv {
+                Some((k, v)) => {
+                    let (kb, vb) = w.kv_bias.as_ref().map(|(k, v)| (k, v)).unzip();
+                    Some((be.linear(&n, k, kb)?, be.linear(&n, v, vb)?)) // [T, n_kv_heads*head_dim] each
+                }
+                None => None,
+            };
+            let norm_group = |whole: usize| if a.qk_norm == QkNorm::PerHead { a.head_dim } else { whole };
             if let Some(qn) = &w.q_norm {
-                let group = if a.qk_norm == QkNorm::PerHead {
-                    a.head_dim
-                } else {
-                    a.q_dim()
-                };
-                q = be.rms_norm(&q, qn, eps, group);
+                q = be.rms_norm(&q, qn, eps, norm_group(a.q_dim()))?;
             }
             if let (Some(kn), Some((k, _))) = (&w.k_norm, kv.as_mut()) {
-                let group = if a.qk_norm == QkNorm::PerHead {
-                    a.head_dim
-                } else {
-                    a.kv_dim()
-                };
-                *k = be.rms_norm(k, kn, eps, group);
+                *k = be.rms_norm(k, kn, eps, norm_group(a.kv_dim()))?;
             }
             if let Some(c) = a.clip_qkv {
-                be.clamp(&mut q, c);
+                be.clamp(&mut q, c)?;
                 if let Some((k, v)) = kv.as_mut() {
-                    be.clamp(k, c);
-                    be.clamp(v, c);
+                    be.clamp(k, c)?;
+                    be.clamp(v, c)?;
                 }
             }
-            be.apply_rope(&mut q, &self.ropes[l], a.head_dim);
+            be.apply_rope(&mut q, &self.ropes[l], a.head_dim)?;
             if let Some((k, _)) = kv.as_mut() {
-                be.apply_rope(k, &self.ropes[l], a.head_dim);
+                be.apply_rope(k, &self.ropes[l], a.head_dim)?;
             }
-            let attn = be.attention(cache, a, &q, kv.as_ref().map(|(k, v)| (k, v)), w.sinks.as_ref());
-            let attn = be.linear(&attn, &w.o, w.o_bias.as_ref()); // [T, hidden]
-            be.add_assign(&mut x, &attn);
+            let attn = be.attention(cache, a, &q, kv.as_ref().map(|(k, v)| (k, v)), w.sinks.as_ref())?;
+            let attn = be.linear(&attn, &w.o, w.o_bias.as_ref())?; // [T, hidden]
+            be.add_assign(&mut x, &attn)?;
 
-            let n = be.rms_norm(&x, &layer.post_attention_norm, eps, self.spec.hidden_size);
+            let n = be.rms_norm(&x, &layer.post_attention_norm, eps, self.spec.hidden_size)?;
             let ffn = match (&layer.ffn, &spec.ffn) {
-                (Ffn::Dense(mlp), _) => mlp_forward(be, &n, mlp),
+                (Ffn::Dense(mlp), _) => mlp_forward(be, &n, mlp)?,
                 (Ffn::Moe(moe), FfnSpec::Moe(moe_spec)) => {
-                    let mut out = be.moe(&n, &moe.experts, moe_spec, l);
+                    let mut out = be.moe(&n, &moe.experts, moe_spec, l)?;
                     if let Some(shared) = &moe.shared {
-                        let mut s = mlp_forward(be, &n, shared);
+                        let mut s = mlp_forward(be, &n, shared)?;
                         if let Some(g) = &moe.shared_gate {
-                            let gate = be.linear(&n, g, None); // [T, 1]
-                            be.sigmoid_gate(&mut s, &gate);
+                            let gate = be.linear(&n, g, None)?; // [T, 1]
+                            be.sigmoid_gate(&mut s, &gate)?;
                         }
-                        be.add_assign(&mut out, &s);
+                        be.add_assign(&mut out, &s)?;
                     }
                     out
                 }
@@ -171,17 +168,18 @@ impl<B: Backend> Model<B> {
                     bail!("layer {l}: MoE weights for a dense layer spec")
                 }
             };
-            be.add_assign(&mut x, &ffn);
+            be.add_assign(&mut x, &ffn)?;
         }
-        let x = be.select_rows(&x, logit_rows);
-        let x = be.rms_norm(&x, &self.globals.final_norm, eps, self.spec.hidden_size);
+        let x = be.select_rows(&x, logit_rows)?;
+        let x = be.rms_norm(&x, &self.globals.final_norm, eps, self.spec.hidden_size)?;
         let head = self.globals.lm_head.as_ref().unwrap_or(&self.globals.embed);
-        let logits = be.linear(&x, head, None);
+        let logits = be.linear(&x, head, None)?;
+        cache.kv_mut().advance(step);
         be.end_step(cache)?;
         Ok(logits)
     }
 
-    /// Ids in the vocabulary, slots in range, and each sequence continuing where its cache ends.
+    /// Ids in the vocabulary, and positions that continue each sequence's cache (`KvSlots::check`).
     fn check_step(&self, cache: &B::Cache, step: &Step) -> Result<()> {
         if step.is_empty() {
             bail!("empty input: no tokens to run");
@@ -194,35 +192,20 @@ impl<B: Backend> Model<B> {
                 step.seqs.len()
             );
         }
-        let mut next = std::collections::HashMap::new();
-        for r in 0..step.len() {
-            let (tok, pos, seq) = (step.tokens[r], step.positions[r], step.seqs[r]);
-            if tok as usize >= self.spec.vocab_size {
-                bail!(
-                    "token id {tok} is outside the vocabulary (size {})",
-                    self.spec.vocab_size
-                );
-            }
-            if seq >= cache.slots() {
-                bail!("sequence slot {seq} is out of range ({} slots)", cache.slots());
-            }
-            let expected = next.entry(seq).or_insert_with(|| cache.seq_len(seq));
-            if pos != *expected {
-                bail!("sequence {seq}: token at position {pos}, expected position {expected}");
-            }
-            if pos >= cache.capacity() {
-                bail!("sequence {seq} reached the context of {} tokens", cache.capacity());
-            }
-            *expected += 1;
+        if let Some(&tok) = step.tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
+            bail!(
+                "token id {tok} is outside the vocabulary (size {})",
+                self.spec.vocab_size
+            );
         }
-        Ok(())
+        cache.kv().check(step)
     }
 }
 
-fn mlp_forward<B: Backend>(be: &mut B, x: &B::Tensor, mlp: &Mlp<B>) -> B::Tensor {
-    let mut g = be.linear(x, &mlp.gate, None);
-    let u = be.linear(x, &mlp.up, None);
-    be.swiglu(&mut g, &u);
+fn mlp_forward<B: Backend>(be: &mut B, x: &B::Tensor, mlp: &Mlp<B>) -> Result<B::Tensor> {
+    let mut g = be.linear(x, &mlp.gate, None)?;
+    let u = be.linear(x, &mlp.up, None)?;
+    be.swiglu(&mut g, &u)?;
     be.linear(&g, &mlp.down, None)
 }
 

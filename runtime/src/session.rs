@@ -3,12 +3,15 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, KvCache, KvDtype, LayerRouting, Precision, Step};
+use crate::backend::{Backend, LayerRouting};
 use crate::bail;
+use crate::dtype::{KvDtype, Precision};
 use crate::error::Result;
+use crate::kv::{KvCache, KvSlots};
 use crate::model::Model;
 use crate::sampler::Pick;
 use crate::spec::ModelSpec;
+use crate::step::Step;
 
 pub trait Session {
     fn spec(&self) -> &ModelSpec;
@@ -35,20 +38,13 @@ pub trait Session {
     /// Whether `prepare` records on the device ahead of `launch` (the overlap is real), or only keeps
     /// the step (the CPU reference).
     fn records_ahead(&self) -> bool;
-    /// Tokens cached for a sequence slot.
-    fn seq_len(&self, slot: usize) -> usize;
-    fn reset(&mut self, slot: usize);
-    /// See `KvCache::can_truncate` and `KvCache::truncate`.
-    fn can_truncate(&self, slot: usize, len: usize) -> bool;
-    fn truncate(&mut self, slot: usize, len: usize);
-    /// Sequence slots the cache holds.
-    fn slots(&self) -> usize;
-    /// The cache's page pool (`KvCache::pages`), for the engine to schedule within.
-    fn pages_needed(&self, slot: usize, len: usize) -> usize;
-    fn free_pages(&self) -> usize;
-    fn pool_pages(&self) -> usize;
+    /// The cache's bookkeeping: what each slot holds, truncation, the page pool the engine schedules within.
+    fn kv(&self) -> &KvSlots;
+    fn kv_mut(&mut self) -> &mut KvSlots;
     /// The most positions a sequence may reach: the model's context, bounded by the cache.
-    fn context(&self) -> usize;
+    fn context(&self) -> usize {
+        self.kv().capacity()
+    }
     /// Bytes the backend holds (weights, caches, activations).
     fn allocated_bytes(&self) -> u64;
     /// Bytes one stored weight of the bulk matrices takes.
@@ -159,7 +155,7 @@ impl<B: Backend> Session for BackendSession<B> {
                 if recorded.is_some() {
                     // The first recording moved the cache on: back to where the step starts.
                     for (&slot, &pos) in prepared.step.seqs.iter().zip(&prepared.step.positions).rev() {
-                        self.cache.truncate(slot, pos);
+                        self.cache.kv_mut().truncate(slot, pos);
                     }
                 }
                 let mut step = prepared.step;
@@ -193,40 +189,12 @@ impl<B: Backend> Session for BackendSession<B> {
         self.backend.records_ahead()
     }
 
-    fn seq_len(&self, slot: usize) -> usize {
-        self.cache.seq_len(slot)
+    fn kv(&self) -> &KvSlots {
+        self.cache.kv()
     }
 
-    fn reset(&mut self, slot: usize) {
-        self.cache.reset(slot)
-    }
-
-    fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        self.cache.can_truncate(slot, len)
-    }
-
-    fn truncate(&mut self, slot: usize, len: usize) {
-        self.cache.truncate(slot, len)
-    }
-
-    fn slots(&self) -> usize {
-        self.cache.slots()
-    }
-
-    fn pages_needed(&self, slot: usize, len: usize) -> usize {
-        self.cache.pages().pages_needed(slot, len)
-    }
-
-    fn free_pages(&self) -> usize {
-        self.cache.pages().free_pages()
-    }
-
-    fn pool_pages(&self) -> usize {
-        self.cache.pages().pages()
-    }
-
-    fn context(&self) -> usize {
-        self.cache.capacity()
+    fn kv_mut(&mut self) -> &mut KvSlots {
+        self.cache.kv_mut()
     }
 
     fn allocated_bytes(&self) -> u64 {

@@ -2,7 +2,7 @@
 //! arithmetic. Family loaders (`models/`) translate a Hugging Face config.json into this; the forward pass
 //! (`model.rs`) reads only this.
 
-use crate::backend::KvDtype;
+use crate::dtype::{KvDtype, Precision};
 use crate::bail;
 use crate::error::Result;
 
@@ -328,6 +328,26 @@ impl ModelSpec {
             }
         }
         (total, active)
+    }
+
+    /// Bytes the weights take when one weight of a matrix kept at each precision takes `bytes(precision)`:
+    /// the embedding and head at `Table`, routers and shared-expert gates at `Full`, the rest (norms and
+    /// biases included: they are tiny) at `Storage`.
+    pub fn weight_bytes(&self, bytes: impl Fn(Precision) -> f64) -> u64 {
+        let h = self.hidden_size as u64;
+        let (total, _) = self.parameter_counts();
+        let table = self.vocab_size as u64 * h * if self.tie_word_embeddings { 1 } else { 2 };
+        let full: u64 = self
+            .layers
+            .iter()
+            .filter_map(|l| match &l.ffn {
+                FfnSpec::Moe(m) => Some(m.n_experts as u64 * h + m.shared.as_ref().map_or(0, |s| h * s.gated as u64)),
+                FfnSpec::Dense { .. } => None,
+            })
+            .sum();
+        let storage = total - table - full;
+        (storage as f64 * bytes(Precision::Storage) + table as f64 * bytes(Precision::Table) + full as f64 * bytes(Precision::Full))
+            .round() as u64
     }
 
     /// KV cache bytes of one sequence at `context` tokens with values kept as `kv`: sliding layers keep

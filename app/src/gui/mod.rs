@@ -2,6 +2,7 @@
 //! is driven by tests without a window; `view` draws it.
 
 pub mod markdown;
+pub mod saved;
 pub mod state;
 pub mod store;
 pub mod view;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use volt_runtime::{bail, Result};
 
+use crate::backends::{BackendChoice, Dtypes};
 use crate::cli::Flags;
 use state::{AppOptions, ChatApp};
 use view::ViewState;
@@ -70,14 +72,8 @@ pub fn display_available() -> bool {
 pub fn run(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["model", "backend", "dtype", "kv-dtype"], &[])?;
     let model = flags.str("model").map(|m| crate::model_path(Some(m))).transpose()?;
-    if let Some(b) = flags.str("backend") {
-        if !crate::backends::BACKENDS.contains(&b) {
-            bail!(
-                "unknown backend `{b}` (expected one of: {})",
-                crate::backends::BACKENDS.join(", ")
-            );
-        }
-    }
+    let backend = flags.str("backend").map(BackendChoice::parse).transpose()?;
+    let dtypes = Dtypes::from_flags(&flags)?;
     let Some(data_dir) = store::data_dir() else {
         bail!("no folder for the conversations: set VOLT_DATA_DIR (or HOME)")
     };
@@ -87,8 +83,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let options = AppOptions {
         data_dir,
         model,
-        backend: flags.str("backend").map(str::to_string),
-        dtypes: crate::backends::Dtypes::from_flags(&flags),
+        backend,
+        dtypes,
     };
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

@@ -16,8 +16,9 @@ use volt_runtime::routing_stats::{LayerStats, RoutingAccumulator};
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::{hf_config::HfConfig, models, Result};
 
+pub use super::saved::{Conversation, Finish, Message, ReplyInfo, Role, Sampling, Settings};
 use super::store::Store;
-use crate::backends::Dtypes;
+use crate::backends::{BackendChoice, Dtypes};
 use crate::chat_model::ChatModel;
 
 /// Sequence slots of the engine: the open conversation and the one before keep their KV between turns.
@@ -26,137 +27,6 @@ pub const SLOTS: usize = 2;
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 pub const NEW_TITLE: &str = "New chat";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Sampling {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: usize,
-    pub max_tokens: usize,
-    pub seed: u64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        let d = SamplingParams::default();
-        Sampling {
-            temperature: d.temperature,
-            top_p: d.top_p,
-            top_k: d.top_k,
-            max_tokens: 256,
-            seed: d.seed,
-        }
-    }
-}
-
-impl Sampling {
-    /// The request options; `variant` shifts the seed so a regenerated reply differs from the last one.
-    fn options(&self, variant: u64) -> Result<GenerateOptions> {
-        let sampling = SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed.wrapping_add(variant),
-            ..SamplingParams::default()
-        };
-        sampling.validate()?;
-        if self.max_tokens == 0 {
-            volt_runtime::bail!("max tokens must be at least 1");
-        }
-        Ok(GenerateOptions {
-            max_tokens: self.max_tokens,
-            sampling,
-            stop_strings: Vec::new(),
-            ignore_eos: false,
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-/// How a reply ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Finish {
-    /// End of sequence: the model finished.
-    Stop,
-    /// Max tokens reached.
-    Length,
-    /// The user stopped it.
-    Stopped,
-    Error(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReplyInfo {
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-    pub prompt_tokens: usize,
-    /// Prompt tokens the engine continued from the cached KV of earlier turns.
-    pub cached_tokens: usize,
-    pub finish: Finish,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: Role,
-    pub content: String,
-    /// Assistant messages: how the reply was generated (none while streaming).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<ReplyInfo>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Conversation {
-    pub id: String,
-    pub title: String,
-    #[serde(default)]
-    pub system_prompt: String,
-    pub messages: Vec<Message>,
-    /// What is typed in the input box and not yet sent.
-    #[serde(default)]
-    pub draft: String,
-    #[serde(default)]
-    pub sampling: Sampling,
-    /// The model folder the replies came from.
-    #[serde(default)]
-    pub model: String,
-    /// Unix time in milliseconds of the last change.
-    pub updated: u64,
-    /// Replies requested so far: each uses its own seed.
-    #[serde(default)]
-    pub replies: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    pub dark: bool,
-    /// The model folder last loaded.
-    pub model_dir: Option<PathBuf>,
-    pub backend: String,
-    /// What new conversations start with.
-    pub system_prompt: String,
-    pub sampling: Sampling,
-    pub show_experts: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            dark: true,
-            model_dir: None,
-            backend: "auto".into(),
-            system_prompt: String::new(),
-            sampling: Sampling::default(),
-            show_experts: false,
-        }
-    }
-}
 
 pub struct Loading {
     pub dir: PathBuf,
@@ -262,7 +132,7 @@ pub struct AppOptions {
     /// The model to open; `None`: the last one used, else the shipped model.
     pub model: Option<PathBuf>,
     /// `None`: the saved choice.
-    pub backend: Option<String>,
+    pub backend: Option<BackendChoice>,
     pub dtypes: Dtypes,
 }
 
@@ -750,12 +620,11 @@ impl ChatApp {
     /// already running is left to finish unheard.
     pub fn load_model(&mut self, dir: PathBuf) {
         let (tx, messages) = mpsc::channel();
-        let backend = self.settings.backend.clone();
-        let dtypes = self.dtypes.clone();
+        let (backend, dtypes) = (self.settings.backend, self.dtypes);
         let folder = dir.clone();
         let spawned = std::thread::Builder::new().name("volt-load".into()).spawn(move || {
             let stages = tx.clone();
-            let model = ChatModel::open(&folder, &backend, &dtypes, SLOTS, |s| {
+            let model = ChatModel::open(&folder, backend, &dtypes, SLOTS, |s| {
                 let _ = stages.send(LoadMessage::Stage(s.to_string()));
             });
             let _ = tx.send(LoadMessage::Done(model.map(Box::new)));
@@ -789,28 +658,6 @@ impl Drop for ChatApp {
     fn drop(&mut self) {
         self.save_now();
     }
-}
-
-/// The memory a model folder needs on `backend`, read from its config and weights' header before loading.
-pub fn memory_estimate(dir: &Path, backend: &str, dtypes: &Dtypes) -> Result<String> {
-    let config = HfConfig::load(dir)?;
-    let spec = models::family_of(&config)?.spec(&config)?;
-    let dtype = volt_runtime::checkpoint::Checkpoint::open(dir)?.storage_dtype();
-    let weights = spec.parameter_counts().0 as f64 * dtype.bytes();
-    let context = match backend {
-        "cpu" => spec.max_position_embeddings,
-        _ => spec.max_position_embeddings.min(crate::backends::GPU_CONTEXT),
-    };
-    let kv_dtype = crate::backends::kv_dtype(backend, dtypes)?;
-    let kv = (SLOTS as u64 * spec.kv_bytes(context, kv_dtype)) as f64;
-    Ok(format!(
-        "about {}: weights {} ({}) + KV cache {} ({SLOTS} conversations of {context} tokens, {})",
-        mib(weights + kv),
-        mib(weights),
-        dtype.name(),
-        mib(kv),
-        kv_dtype.name()
-    ))
 }
 
 pub fn mib(bytes: f64) -> String {

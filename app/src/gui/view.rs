@@ -4,8 +4,8 @@
 use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Sense, Ui};
 
 use super::markdown;
-use super::state::{mib, ChatApp, Finish, Role, LOAD_STAGES};
-use crate::backends::BACKENDS;
+use super::state::{mib, ChatApp, Finish, Role, LOAD_STAGES, SLOTS};
+use crate::backends::BackendChoice;
 
 #[derive(Default)]
 pub struct ViewState {
@@ -224,24 +224,22 @@ fn settings(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
             }
         }
         ui.text_edit_singleline(&mut view.model_dir);
-        let mut backend = app.settings.backend.clone();
+        let mut backend = app.settings.backend;
         egui::ComboBox::from_label("Backend")
-            .selected_text(backend.as_str())
+            .selected_text(backend.name())
             .show_ui(ui, |ui| {
-                for b in BACKENDS {
-                    ui.selectable_value(&mut backend, b.to_string(), *b);
+                for b in BackendChoice::ALL {
+                    ui.selectable_value(&mut backend, b, b.name());
                 }
             });
         if backend != app.settings.backend {
             app.settings_mut().backend = backend;
             view.estimate = None;
         }
-        let key = format!("{}|{}", view.model_dir.trim(), app.settings.backend);
+        let key = format!("{}|{}", view.model_dir.trim(), app.settings.backend.name());
         if view.estimate.as_ref().is_none_or(|(k, _)| *k != key) {
             let dir = std::path::Path::new(view.model_dir.trim());
-            let text = super::state::memory_estimate(dir, &app.settings.backend, app.dtypes())
-                .unwrap_or_else(|e| e.to_string());
-            view.estimate = Some((key, text));
+            view.estimate = Some((key, memory_estimate(dir, app.settings.backend, app)));
         }
         if let Some((_, text)) = &view.estimate {
             ui.label(RichText::new(text).small());
@@ -479,4 +477,22 @@ enum Action {
     Resubmit(usize, String),
     Regenerate,
     Continue,
+}
+
+/// The memory the model folder `dir` takes on `backend`, from its config and weights' header, as one line.
+fn memory_estimate(dir: &std::path::Path, backend: BackendChoice, app: &ChatApp) -> String {
+    let kind = backend.resolve();
+    match kind.memory_estimate(dir, app.dtypes(), SLOTS) {
+        Ok(m) => format!(
+            "about {}: weights {} ({} on {}) + KV cache {} ({SLOTS} conversations of {} tokens, {})",
+            mib((m.weight_bytes + m.kv_bytes) as f64),
+            mib(m.weight_bytes as f64),
+            m.dtype.name(),
+            kind.name(),
+            mib(m.kv_bytes as f64),
+            m.context,
+            m.kv_dtype.name()
+        ),
+        Err(e) => e.to_string(),
+    }
 }

@@ -3,12 +3,14 @@
 
 use rayon::prelude::*;
 
-use super::kv_pages::{paged_kv_dims, PagePool};
-use super::{Backend, KvCache, KvDtype, LayerRouting, MoeExperts, Precision, Step, WeightDtype, WeightTypes};
+use super::{Backend, LayerRouting, MoeExperts, WeightTypes};
 use crate::checkpoint::HostTensor;
+use crate::dtype::{KvDtype, Precision, WeightDtype};
 use crate::error::Result;
+use crate::kv::{KvCache, KvLayout, KvSlots};
 use crate::rope::RopeTable;
 use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
+use crate::step::Step;
 
 /// Activations: `rows` tokens of `cols` values each.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,7 +79,7 @@ impl WeightTypes for CpuBackend {
     type Experts = HostTensor;
 }
 
-/// The KV of one sequence in one layer: rows for positions `start..start + len`, [len, kv_dim].
+/// The KV of one sequence in one layer: rows for positions `start..start + rows`, [rows, kv_dim].
 #[derive(Clone, Debug, Default)]
 struct SeqKv {
     start: usize,
@@ -85,60 +87,22 @@ struct SeqKv {
     v: Vec<f32>,
 }
 
-/// Per owning layer, per slot. Sliding layers are trimmed to their window after every step; layers that
-/// reuse another layer's KV have no entry. The full layers' rows are kept per sequence, in f32 (the
-/// reference), but counted in the same page pool as on the GPU, so the pool bounds them alike.
+/// Rows per owning layer, per slot, in f32 (the reference), beside the bookkeeping every backend shares.
+/// Sliding layers keep exactly their window after each step (`ring_extra` 0); layers that reuse another
+/// layer's KV have no entry. Full layers keep rows per sequence, counted in the same page pool as on the
+/// GPU, so the pool bounds them alike.
 pub struct CpuCache {
+    kv: KvSlots,
     layers: Vec<Option<Vec<SeqKv>>>,
-    windows: Vec<Option<usize>>,
     kv_dims: Vec<usize>,
-    lens: Vec<usize>,
-    pages: PagePool,
-    context: usize,
 }
 
 impl KvCache for CpuCache {
-    fn seq_len(&self, slot: usize) -> usize {
-        self.lens[slot]
+    fn kv(&self) -> &KvSlots {
+        &self.kv
     }
-    fn reset(&mut self, slot: usize) {
-        self.lens[slot] = 0;
-        self.pages.shrink(slot, 0);
-        for seqs in self.layers.iter_mut().flatten() {
-            seqs[slot] = SeqKv::default();
-        }
-    }
-    fn slots(&self) -> usize {
-        self.lens.len()
-    }
-    fn can_truncate(&self, slot: usize, len: usize) -> bool {
-        len <= self.lens[slot]
-            && self
-                .layers
-                .iter()
-                .zip(&self.windows)
-                .all(|(seqs, window)| match (seqs, window) {
-                    (Some(seqs), Some(w)) => seqs[slot].start <= (len + 1).saturating_sub(*w),
-                    _ => true,
-                })
-    }
-    fn truncate(&mut self, slot: usize, len: usize) {
-        debug_assert!(self.can_truncate(slot, len));
-        self.lens[slot] = len;
-        self.pages.shrink(slot, len);
-        for (seqs, kv_dim) in self.layers.iter_mut().zip(&self.kv_dims) {
-            if let Some(s) = seqs.as_mut().map(|seqs| &mut seqs[slot]) {
-                let rows = len.saturating_sub(s.start) * kv_dim;
-                s.k.truncate(rows);
-                s.v.truncate(rows);
-            }
-        }
-    }
-    fn capacity(&self) -> usize {
-        self.context
-    }
-    fn pages(&self) -> &PagePool {
-        &self.pages
+    fn kv_mut(&mut self) -> &mut KvSlots {
+        &mut self.kv
     }
 }
 
@@ -150,6 +114,33 @@ impl CpuCache {
             .zip(&self.kv_dims)
             .filter_map(|(l, d)| l.as_ref().map(|seqs| seqs.iter().map(|s| s.k.len() / d).sum::<usize>()))
             .sum()
+    }
+
+    /// Matches the rows to the bookkeeping: rows past each slot's length go (a reset or truncated sequence,
+    /// so appends land at their positions), and sliding layers keep only their window.
+    fn sync(&mut self) {
+        for (layer, seqs) in self.layers.iter_mut().enumerate() {
+            let Some(seqs) = seqs.as_mut() else { continue };
+            let kv_dim = self.kv_dims[layer];
+            let kept = match self.kv.layout(layer) {
+                Some(KvLayout::Ring(ring)) => Some(ring.rows),
+                _ => None,
+            };
+            for (slot, s) in seqs.iter_mut().enumerate() {
+                let len = self.kv.seq_len(slot);
+                if len < s.start {
+                    // Reset: the slot starts again at position 0.
+                    *s = SeqKv::default();
+                }
+                let keep_from = kept.map_or(0, |rows| len.saturating_sub(rows)).max(s.start);
+                let drop = (keep_from - s.start) * kv_dim;
+                s.k.truncate((len - s.start) * kv_dim);
+                s.v.truncate((len - s.start) * kv_dim);
+                s.k.drain(..drop.min(s.k.len()));
+                s.v.drain(..drop.min(s.v.len()));
+                s.start = keep_from;
+            }
+        }
     }
 }
 
@@ -333,19 +324,13 @@ impl Backend for CpuBackend {
     }
 
     fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<CpuCache> {
-        let owns = |i: usize| spec.layers[i].attn.kv_source == i;
-        let paged = paged_kv_dims(spec).next().is_some();
-        let pool_tokens = pool_tokens.unwrap_or(slots * spec.max_position_embeddings);
-        let pages = PagePool::new(slots, pool_tokens, paged);
+        let kv = KvSlots::new(spec, slots, spec.max_position_embeddings, pool_tokens, 0);
         Ok(CpuCache {
-            context: pages.bound(spec.max_position_embeddings),
-            pages,
             layers: (0..spec.n_layers())
-                .map(|i| owns(i).then(|| vec![SeqKv::default(); slots]))
+                .map(|i| kv.layout(i).map(|_| vec![SeqKv::default(); slots]))
                 .collect(),
-            windows: spec.layers.iter().map(|l| l.attn.window()).collect(),
             kv_dims: spec.layers.iter().map(|l| l.attn.kv_dim()).collect(),
-            lens: vec![0; slots],
+            kv,
         })
     }
 
@@ -355,19 +340,21 @@ impl Backend for CpuBackend {
     }
 
     fn reserve_kv(&mut self, cache: &mut CpuCache, step: &Step) -> Result<()> {
-        cache.pages.reserve(step).map(drop)
+        cache.kv.reserve(step)?;
+        cache.sync();
+        Ok(())
     }
 
-    fn embed(&mut self, table: &HostTensor) -> CpuTensor {
+    fn embed(&mut self, table: &HostTensor) -> Result<CpuTensor> {
         let h = table.shape[1];
         let mut out = CpuTensor::zeros(self.step.len(), h);
         for (r, &tok) in self.step.tokens.iter().enumerate() {
             out.data[r * h..(r + 1) * h].copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
         }
-        out
+        Ok(out)
     }
 
-    fn rms_norm(&mut self, x: &CpuTensor, weight: &HostTensor, eps: f32, group: usize) -> CpuTensor {
+    fn rms_norm(&mut self, x: &CpuTensor, weight: &HostTensor, eps: f32, group: usize) -> Result<CpuTensor> {
         let mut out = x.clone();
         // The weight covers one group (per-head norms) or the whole row.
         let wlen = weight.data.len();
@@ -381,28 +368,29 @@ impl Backend for CpuBackend {
                 }
             }
         });
-        out
+        Ok(out)
     }
 
-    fn linear(&mut self, x: &CpuTensor, w: &HostTensor, bias: Option<&HostTensor>) -> CpuTensor {
+    fn linear(&mut self, x: &CpuTensor, w: &HostTensor, bias: Option<&HostTensor>) -> Result<CpuTensor> {
         let (out, n) = (w.shape[0], w.shape[1]);
         let mut data = matmul(&x.data, x.rows, &w.data, out, n);
         if let Some(b) = bias {
             data.chunks_mut(out)
                 .for_each(|row| row.iter_mut().zip(&b.data).for_each(|(v, b)| *v += b));
         }
-        CpuTensor {
+        Ok(CpuTensor {
             rows: x.rows,
             cols: out,
             data,
-        }
+        })
     }
 
-    fn clamp(&mut self, x: &mut CpuTensor, limit: f32) {
+    fn clamp(&mut self, x: &mut CpuTensor, limit: f32) -> Result<()> {
         x.data.iter_mut().for_each(|v| *v = v.clamp(-limit, limit));
+        Ok(())
     }
 
-    fn apply_rope(&mut self, x: &mut CpuTensor, rope: &RopeTable, head_dim: usize) {
+    fn apply_rope(&mut self, x: &mut CpuTensor, rope: &RopeTable, head_dim: usize) -> Result<()> {
         let cols = x.cols;
         let positions = &self.step.positions;
         x.data
@@ -411,6 +399,7 @@ impl Backend for CpuBackend {
             .for_each(|(row, &pos)| {
                 row.chunks_mut(head_dim).for_each(|head| rope.rotate(head, pos));
             });
+        Ok(())
     }
 
     fn attention(
@@ -420,12 +409,12 @@ impl Backend for CpuBackend {
         q: &CpuTensor,
         kv: Option<(&CpuTensor, &CpuTensor)>,
         sinks: Option<&HostTensor>,
-    ) -> CpuTensor {
+    ) -> Result<CpuTensor> {
         let src = spec.kv_source;
         let kv_dim = spec.kv_dim();
-        let seqs = cache.layers[src]
-            .as_mut()
-            .expect("validated: the KV source layer owns a cache");
+        let Some(seqs) = cache.layers[src].as_mut() else {
+            crate::bail!("layer {src} has no KV cache of its own");
+        };
         if let Some((k, v)) = kv {
             let kv_dtype = self.kv_dtype;
             for r in 0..self.step.len() {
@@ -470,17 +459,18 @@ impl Backend for CpuBackend {
                     }
                 }
             });
-        out
+        Ok(out)
     }
 
-    fn swiglu(&mut self, gate: &mut CpuTensor, up: &CpuTensor) {
+    fn swiglu(&mut self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {
         gate.data.iter_mut().zip(&up.data).for_each(|(g, u)| *g = silu(*g) * u);
+        Ok(())
     }
 
-    fn moe(&mut self, x: &CpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> CpuTensor {
+    fn moe(&mut self, x: &CpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Result<CpuTensor> {
         let h = x.cols;
         let i = spec.expert_intermediate;
-        let logits = self.linear(x, &w.router, w.router_bias.as_ref());
+        let logits = self.linear(x, &w.router, w.router_bias.as_ref())?;
         let routes: Vec<(Vec<f32>, Vec<(usize, f32)>)> = logits
             .data
             .par_chunks(spec.n_experts)
@@ -517,50 +507,35 @@ impl Backend for CpuBackend {
                 chosen,
             });
         }
-        out
+        Ok(out)
     }
 
-    fn sigmoid_gate(&mut self, x: &mut CpuTensor, gate: &CpuTensor) {
+    fn sigmoid_gate(&mut self, x: &mut CpuTensor, gate: &CpuTensor) -> Result<()> {
         let cols = x.cols;
         x.data.chunks_mut(cols).zip(&gate.data).for_each(|(row, g)| {
             let s = sigmoid(*g);
             row.iter_mut().for_each(|v| *v *= s);
         });
+        Ok(())
     }
 
-    fn add_assign(&mut self, x: &mut CpuTensor, y: &CpuTensor) {
+    fn add_assign(&mut self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+        Ok(())
     }
 
-    fn select_rows(&mut self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
+    fn select_rows(&mut self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
         let data = rows.iter().flat_map(|&r| x.row(r).iter().copied()).collect();
-        CpuTensor {
+        Ok(CpuTensor {
             rows: rows.len(),
             cols: x.cols,
             data,
-        }
+        })
     }
 
     fn end_step(&mut self, cache: &mut CpuCache) -> Result<()> {
-        for (r, &slot) in self.step.seqs.iter().enumerate() {
-            cache.lens[slot] = cache.lens[slot].max(self.step.positions[r] + 1);
-        }
         // Sliding layers keep only the last `window` positions of each sequence.
-        for (layer, seqs) in cache.layers.iter_mut().enumerate() {
-            let (Some(seqs), Some(window)) = (seqs.as_mut(), cache.windows[layer]) else {
-                continue;
-            };
-            let kv_dim = cache.kv_dims[layer];
-            for (slot, s) in seqs.iter_mut().enumerate() {
-                let keep_from = cache.lens[slot].saturating_sub(window);
-                if keep_from > s.start {
-                    let drop = (keep_from - s.start) * kv_dim;
-                    s.k.drain(..drop);
-                    s.v.drain(..drop);
-                    s.start = keep_from;
-                }
-            }
-        }
+        cache.sync();
         Ok(())
     }
 

@@ -5,17 +5,21 @@
 //!   encode a whole step into one submission;
 //! - routing happens inside `moe`: expert choices never leave the device;
 //! - a `Step` holds tokens of several sequences, each at its own position, so one step can mix prefill
-//!   chunks and decode tokens (continuous batching).
+//!   chunks and decode tokens (continuous batching);
+//! - every op returns a `Result`: an op fails where it fails (a launch, an allocation, a submission), and the
+//!   forward pass stops there with that error. Errors a device reports later (wgpu reports validation and
+//!   out-of-memory asynchronously) come back from the next op that submits or reads.
 
 pub mod cpu;
-pub mod kv_pages;
-pub mod wgpu;
 
 use crate::checkpoint::HostTensor;
+use crate::dtype::{KvDtype, Precision};
 use crate::error::Result;
+use crate::kv::KvCache;
 use crate::rope::RopeTable;
 use crate::sampler::Pick;
 use crate::spec::{AttnSpec, ModelSpec, MoeSpec};
+use crate::step::Step;
 
 /// Where each kind of weight lives: host tensors while loading, backend handles once uploaded. The layer
 /// structs in `model.rs` are generic over this, so loading and uploading share one definition.
@@ -37,148 +41,31 @@ impl WeightTypes for Host {
     type Experts = HostTensor;
 }
 
-/// Precision the backend keeps weights in. The CPU reference always computes in f32; lower dtypes round the
-/// weights at upload so results show what that storage costs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightDtype {
-    F32,
-    F16,
-    Bf16,
-    /// E4M3 with one f32 scale per 128x128 block (`crate::fp8`).
-    Fp8,
-}
+/// Largest head the GPU attention kernels hold in workgroup or shared memory (`attention_common.wgsl`,
+/// `attention.cu`).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Most routed experts the GPU routers select among (`router.wgsl`, `moe_group.wgsl`, `moe.cu`).
+pub const MAX_EXPERTS: usize = 1024;
 
-impl WeightDtype {
-    pub const ALL: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Fp8];
-
-    pub fn parse(name: &str) -> Result<WeightDtype> {
-        match name {
-            "f32" => Ok(WeightDtype::F32),
-            "f16" => Ok(WeightDtype::F16),
-            "bf16" => Ok(WeightDtype::Bf16),
-            "fp8" => Ok(WeightDtype::Fp8),
-            other => crate::bail!("unknown dtype `{other}` (expected f32, f16, bf16 or fp8)"),
+/// A GPU backend's kernel limits against a model: an error naming the first layer past them.
+pub fn check_kernel_limits(spec: &ModelSpec) -> Result<()> {
+    for (i, l) in spec.layers.iter().enumerate() {
+        if l.attn.head_dim > MAX_HEAD_DIM {
+            crate::bail!(
+                "layer {i}: head_dim {} is above the {MAX_HEAD_DIM} the attention kernels hold",
+                l.attn.head_dim
+            );
+        }
+        if let crate::spec::FfnSpec::Moe(m) = &l.ffn {
+            if m.n_experts > MAX_EXPERTS {
+                crate::bail!(
+                    "layer {i}: {} experts is above the routing kernels' {MAX_EXPERTS}",
+                    m.n_experts
+                );
+            }
         }
     }
-
-    /// The name `--dtype` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightDtype::F32 => "f32",
-            WeightDtype::F16 => "f16",
-            WeightDtype::Bf16 => "bf16",
-            WeightDtype::Fp8 => "fp8",
-        }
-    }
-
-    /// The dtype a matrix of `precision` is kept in when the bulk is kept in `self`.
-    pub fn for_precision(self, precision: Precision) -> WeightDtype {
-        match (precision, self) {
-            (Precision::Full, _) => WeightDtype::F32,
-            (Precision::Table, WeightDtype::Fp8) => WeightDtype::Bf16,
-            _ => self,
-        }
-    }
-
-    /// Bytes one stored weight takes (FP8 block scales add 4 bytes per 16384 weights).
-    pub fn bytes(self) -> f64 {
-        match self {
-            WeightDtype::F32 => 4.0,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
-            WeightDtype::Fp8 => 1.0 + 4.0 / (crate::fp8::BLOCK * crate::fp8::BLOCK) as f64,
-        }
-    }
-}
-
-/// How a backend keeps cached K and V values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvDtype {
-    F32,
-    /// The GPU default: half the memory and bandwidth of f32.
-    F16,
-    /// E4M3 codes with scale 1 (vLLM's uncalibrated `fp8` cache): a quarter of f32. Magnitudes past 448
-    /// saturate and below 2^-9 round to zero; K and V of the supported models stay well inside.
-    Fp8,
-}
-
-impl KvDtype {
-    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Fp8];
-
-    pub fn parse(name: &str) -> Result<KvDtype> {
-        match name {
-            "f32" => Ok(KvDtype::F32),
-            "f16" => Ok(KvDtype::F16),
-            "fp8" => Ok(KvDtype::Fp8),
-            other => crate::bail!("unknown KV dtype `{other}` (expected f16, f32 or fp8)"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KvDtype::F32 => "f32",
-            KvDtype::F16 => "f16",
-            KvDtype::Fp8 => "fp8",
-        }
-    }
-
-    pub fn bytes(self) -> usize {
-        match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
-            KvDtype::Fp8 => 1,
-        }
-    }
-
-    /// `x` as this dtype holds it.
-    pub fn round(self, x: f32) -> f32 {
-        match self {
-            KvDtype::F32 => x,
-            KvDtype::F16 => half::f16::from_f32(x).to_f32(),
-            KvDtype::Fp8 => crate::fp8::to_f32(crate::fp8::from_f32(x)),
-        }
-    }
-}
-
-/// How precisely a matrix is kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// The backend's weight dtype (`--dtype`): the bulk of the parameters.
-    Storage,
-    /// Embedding and LM head: the weight dtype, but bf16 under fp8, as the FP8 releases keep them (one
-    /// scale per 128x128 block loses too much on rows that are looked up or scored one by one).
-    Table,
-    /// f32: routers and gates, whose small errors flip discrete decisions, and biases.
-    Full,
-}
-
-/// The tokens of one forward step. Tokens of one sequence appear in order and continue that sequence's
-/// cache: the first has position == the number of tokens already cached for it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Step {
-    pub tokens: Vec<u32>,
-    /// Absolute position of each token in its sequence.
-    pub positions: Vec<usize>,
-    /// Cache slot of each token's sequence.
-    pub seqs: Vec<usize>,
-}
-
-impl Step {
-    /// One sequence's tokens starting at `start`.
-    pub fn single(seq: usize, tokens: &[u32], start: usize) -> Step {
-        Step {
-            tokens: tokens.to_vec(),
-            positions: (start..start + tokens.len()).collect(),
-            seqs: vec![seq; tokens.len()],
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
+    Ok(())
 }
 
 /// `Backend::pick` by the reference: reads the logits back and runs `Pick::choose` on each row.
@@ -210,7 +97,7 @@ pub trait Backend: WeightTypes + Sized {
     fn upload_experts(&mut self, w: HostTensor) -> Result<Self::Experts>;
     fn upload_rope(&mut self, table: RopeTable) -> Result<Self::Rope>;
     /// KV storage for `slots` sequences; the full-attention layers' page pool holds `pool_tokens` positions
-    /// (default: every slot's whole context, or what the device holds).
+    /// (default: every slot's whole context, or what the device holds). The cache embeds `kv::KvSlots`.
     fn new_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<Self::Cache>;
 
     /// Makes the step's tokens, positions and sequence slots available to the ops that follow.
@@ -219,14 +106,14 @@ pub trait Backend: WeightTypes + Sized {
     /// and makes the page tables visible to the ops. After `begin_step`, before the first `attention`.
     fn reserve_kv(&mut self, cache: &mut Self::Cache, step: &Step) -> Result<()>;
     /// Rows of `table` ([vocab, hidden]) for the step's tokens.
-    fn embed(&mut self, table: &Self::Matrix) -> Self::Tensor;
+    fn embed(&mut self, table: &Self::Matrix) -> Result<Self::Tensor>;
     /// RMSNorm over each group of `group` columns (the row width, or head_dim for per-head norms).
-    fn rms_norm(&mut self, x: &Self::Tensor, weight: &Self::Vector, eps: f32, group: usize) -> Self::Tensor;
+    fn rms_norm(&mut self, x: &Self::Tensor, weight: &Self::Vector, eps: f32, group: usize) -> Result<Self::Tensor>;
     /// x · Wᵀ + bias.
-    fn linear(&mut self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Self::Tensor;
-    fn clamp(&mut self, x: &mut Self::Tensor, limit: f32);
+    fn linear(&mut self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Result<Self::Tensor>;
+    fn clamp(&mut self, x: &mut Self::Tensor, limit: f32) -> Result<()>;
     /// Rotates every head_dim slice of x for its token's position.
-    fn apply_rope(&mut self, x: &mut Self::Tensor, rope: &Self::Rope, head_dim: usize);
+    fn apply_rope(&mut self, x: &mut Self::Tensor, rope: &Self::Rope, head_dim: usize) -> Result<()>;
     /// Writes `kv` (when the layer owns its KV) into the cache of `spec.kv_source`, then attends each query
     /// row over the keys its position may see (causal, and within the window of a sliding layer).
     fn attention(
@@ -236,19 +123,21 @@ pub trait Backend: WeightTypes + Sized {
         q: &Self::Tensor,
         kv: Option<(&Self::Tensor, &Self::Tensor)>,
         sinks: Option<&Self::Vector>,
-    ) -> Self::Tensor;
+    ) -> Result<Self::Tensor>;
     /// gate = silu(gate) * up, in place.
-    fn swiglu(&mut self, gate: &mut Self::Tensor, up: &Self::Tensor);
+    fn swiglu(&mut self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
     /// Routes each row to its experts on the backend and returns the weighted sum of their outputs.
     /// `layer` labels the routing trace.
-    fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Self::Tensor;
+    fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Result<Self::Tensor>;
     /// x[row] *= sigmoid(gate[row]) for a one-column gate.
-    fn sigmoid_gate(&mut self, x: &mut Self::Tensor, gate: &Self::Tensor);
-    fn add_assign(&mut self, x: &mut Self::Tensor, y: &Self::Tensor);
+    fn sigmoid_gate(&mut self, x: &mut Self::Tensor, gate: &Self::Tensor) -> Result<()>;
+    fn add_assign(&mut self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// The listed rows of x (which tokens need logits).
-    fn select_rows(&mut self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
-    /// Finishes the step (cache bookkeeping) after the last op.
-    fn end_step(&mut self, cache: &mut Self::Cache) -> Result<()>;
+    fn select_rows(&mut self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// Finishes the step after its last op, once the cache counts its positions (`KvSlots::advance`).
+    fn end_step(&mut self, _cache: &mut Self::Cache) -> Result<()> {
+        Ok(())
+    }
     /// The one read-back: the tensor's values, row-major.
     fn read(&mut self, x: &Self::Tensor) -> Result<Vec<f32>>;
     /// Chooses a token from each row of `logits` ([picks.len(), vocab]). This default reads the logits back
@@ -301,24 +190,6 @@ pub struct LayerRouting {
     pub probs: Vec<f32>,
     /// Per token, the chosen experts and their weights.
     pub chosen: Vec<Vec<(usize, f32)>>,
-}
-
-/// Sequence bookkeeping every cache offers.
-pub trait KvCache {
-    /// Tokens cached so far for a sequence slot.
-    fn seq_len(&self, slot: usize) -> usize;
-    /// Forget a sequence so its slot can start again at position 0.
-    fn reset(&mut self, slot: usize);
-    /// Whether the slot can continue from position `len` (at most its length) after dropping what follows:
-    /// every sliding layer must still hold the window a token at `len` attends to.
-    fn can_truncate(&self, slot: usize, len: usize) -> bool;
-    /// Keeps the first `len` positions of a slot (see `can_truncate`).
-    fn truncate(&mut self, slot: usize, len: usize);
-    fn slots(&self) -> usize;
-    /// The most positions a sequence may reach: the model's context, bounded by the cache and its pool.
-    fn capacity(&self) -> usize;
-    /// The full-attention layers' page pool (`kv_pages.rs`) the cache counts its positions in.
-    fn pages(&self) -> &kv_pages::PagePool;
 }
 
 /// The routed experts of one MoE layer and their router.

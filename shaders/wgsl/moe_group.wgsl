@@ -19,10 +19,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> groups: array<u32>;
 
 const NO_EXPERT: u32 = 0xffffffffu;
+// Most experts (runtime/src/backend/mod.rs: MAX_EXPERTS).
+const MAX_EXPERTS: u32 = 1024u;
 const ROWS_PER_TILE: u32 = 64u;
 
 // Assignments per expert, then the next free position of each list.
-var<workgroup> fill: array<atomic<u32>, 1024>;
+var<workgroup> fill: array<atomic<u32>, MAX_EXPERTS>;
 
 fn routed(a: u32) -> bool {
     return a % p.max_experts < counts[a / p.max_experts];

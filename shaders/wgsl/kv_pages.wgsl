@@ -1,7 +1,7 @@
 // Where the KV of position `j` of sequence `seq` lives in a layer's cache, counted in rows of kv_dim values.
 // Sliding layers (capacity > 0) keep a ring of `capacity` rows per sequence. Full layers (capacity 0) are
 // paged: row j % KV_PAGE of the sequence's page j / KV_PAGE, from the page tables that follow the step's
-// sequence slots in `seqs` (runtime/src/backend/kv_pages.rs). Needs the including kernel's `seqs` binding.
+// sequence slots in `seqs` (runtime/src/kv/pages.rs). Needs the including kernel's `seqs` binding.
 const KV_PAGE: u32 = 32u;
 // Where the page tables start in `seqs`: after the slots of the largest step.
 const PAGE_TABLES: u32 = 512u;

@@ -26,7 +26,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read> positions: array<u32>;
 @group(0) @binding(5) var<storage, read> seqs: array<u32>;
 
-var<workgroup> q_row: array<f32, 256>;
+// The largest head the kernels hold (runtime/src/backend/mod.rs: MAX_HEAD_DIM).
+const MAX_HEAD_DIM: u32 = 256u;
+
+var<workgroup> q_row: array<f32, MAX_HEAD_DIM>;
 var<workgroup> scores: array<f32, 64>;
 var<workgroup> row_pos: u32;
 var<workgroup> row_seq: u32;

@@ -1,10 +1,12 @@
-//! The WGSL kernels (one file per op in `shaders/`), their bind-group layouts, and pipelines built once per
-//! (kernel, weight format) on first use.
+//! The WGSL kernels (one file per op in `wgsl/`), their parameter structs and bind-group layouts, and
+//! pipelines built once per (kernel, weight format) on first use.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backend::KvDtype;
+use volt_runtime::dtype::KvDtype;
+
+use crate::params::*;
 
 /// How a weight matrix is stored on the device; picks the `w_at` prelude a kernel is built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,11 +27,11 @@ impl WeightFormat {
 
     fn prelude(self, features: KernelFeatures) -> &'static str {
         match self {
-            WeightFormat::F32 => include_str!("../../../../shaders/weights_f32.wgsl"),
-            WeightFormat::F16 if features.shader_f16 => include_str!("../../../../shaders/weights_f16_native.wgsl"),
-            WeightFormat::F16 => include_str!("../../../../shaders/weights_f16.wgsl"),
-            WeightFormat::Bf16 => include_str!("../../../../shaders/weights_bf16.wgsl"),
-            WeightFormat::Fp8 => include_str!("../../../../shaders/weights_fp8.wgsl"),
+            WeightFormat::F32 => include_str!("../wgsl/weights_f32.wgsl"),
+            WeightFormat::F16 if features.shader_f16 => include_str!("../wgsl/weights_f16_native.wgsl"),
+            WeightFormat::F16 => include_str!("../wgsl/weights_f16.wgsl"),
+            WeightFormat::Bf16 => include_str!("../wgsl/weights_bf16.wgsl"),
+            WeightFormat::Fp8 => include_str!("../wgsl/weights_fp8.wgsl"),
         }
     }
 }
@@ -96,6 +98,57 @@ pub enum Op {
     MoeCombine,
 }
 
+impl Op {
+    pub const ALL: [Op; 22] = [
+        Op::Embed,
+        Op::RmsNorm,
+        Op::Matmul,
+        Op::MatmulTiled,
+        Op::Rope,
+        Op::KvWrite,
+        Op::Attention,
+        Op::AttentionSplit,
+        Op::AttentionMerge,
+        Op::AttentionTiled,
+        Op::Add,
+        Op::SwiGlu,
+        Op::Clamp,
+        Op::SigmoidGate,
+        Op::GatherRows,
+        Op::Router,
+        Op::MoeGateUp,
+        Op::MoeDown,
+        Op::Sample,
+        Op::MoeGroup,
+        Op::MoeExpertsTiled,
+        Op::MoeCombine,
+    ];
+
+    /// The fields and size of the kernel's parameter struct (`params.rs`).
+    pub fn params(self) -> (&'static [ParamField], usize) {
+        fn of<P: KernelParams>() -> (&'static [ParamField], usize) {
+            (P::FIELDS, std::mem::size_of::<P>())
+        }
+        match self {
+            Op::Embed => of::<EmbedParams>(),
+            Op::RmsNorm => of::<RmsNormParams>(),
+            Op::Matmul | Op::MatmulTiled => of::<MatmulParams>(),
+            Op::Rope => of::<RopeParams>(),
+            Op::KvWrite => of::<KvWriteParams>(),
+            Op::Attention | Op::AttentionSplit | Op::AttentionMerge | Op::AttentionTiled => of::<AttentionParams>(),
+            Op::Add | Op::SwiGlu | Op::Clamp | Op::SigmoidGate => of::<ElementwiseParams>(),
+            Op::GatherRows => of::<GatherRowsParams>(),
+            Op::Router => of::<RouterParams>(),
+            Op::MoeGateUp => of::<MoeGateUpParams>(),
+            Op::MoeDown => of::<MoeDownParams>(),
+            Op::Sample => of::<SampleParams>(),
+            Op::MoeGroup => of::<MoeGroupParams>(),
+            Op::MoeExpertsTiled => of::<MoeExpertsTiledParams>(),
+            Op::MoeCombine => of::<MoeCombineParams>(),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 pub enum Access {
     Uniform,
@@ -110,47 +163,47 @@ use Access::{Read, ReadWrite as Rw, Uniform};
 macro_rules! attention_kernel {
     ($file:literal) => {
         concat!(
-            include_str!("../../../../shaders/attention_common.wgsl"),
-            include_str!("../../../../shaders/kv_pages.wgsl"),
-            include_str!(concat!("../../../../shaders/", $file))
+            include_str!("../wgsl/attention_common.wgsl"),
+            include_str!("../wgsl/kv_pages.wgsl"),
+            include_str!(concat!("../wgsl/", $file))
         )
     };
 }
 
 impl Op {
-    /// (source, entry point, bindings in order 0..n). Ops that read a weight matrix take it at binding 1
-    /// from the weight prelude.
-    fn source(self) -> (&'static str, &'static str, &'static [Access]) {
+    /// (the kernel's own source, entry point, bindings in order 0..n). Ops that read a weight matrix take it
+    /// at binding 1 from the weight prelude.
+    fn body(self) -> (&'static str, &'static str, &'static [Access]) {
         match self {
             Op::Embed => (
-                include_str!("../../../../shaders/embed.wgsl"),
+                include_str!("../wgsl/embed.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Rw],
             ),
             Op::RmsNorm => (
-                include_str!("../../../../shaders/rms_norm.wgsl"),
+                include_str!("../wgsl/rms_norm.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Rw],
             ),
             Op::Matmul => (
-                include_str!("../../../../shaders/matmul.wgsl"),
+                include_str!("../wgsl/matmul.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Rw],
             ),
             Op::MatmulTiled => (
-                include_str!("../../../../shaders/matmul_tiled.wgsl"),
+                include_str!("../wgsl/matmul_tiled.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Rw],
             ),
             Op::Rope => (
-                include_str!("../../../../shaders/rope.wgsl"),
+                include_str!("../wgsl/rope.wgsl"),
                 "main",
                 &[Uniform, Rw, Read, Read],
             ),
             Op::KvWrite => (
                 concat!(
-                    include_str!("../../../../shaders/kv_write.wgsl"),
-                    include_str!("../../../../shaders/kv_pages.wgsl")
+                    include_str!("../wgsl/kv_write.wgsl"),
+                    include_str!("../wgsl/kv_pages.wgsl")
                 ),
                 "main",
                 &[Uniform, Read, Read, Read, Read, Rw, Rw],
@@ -172,49 +225,49 @@ impl Op {
             Op::Clamp => (ELEMENTWISE, "clamp_values", &[Uniform, Rw, Read]),
             Op::SigmoidGate => (ELEMENTWISE, "sigmoid_gate", &[Uniform, Rw, Read]),
             Op::GatherRows => (
-                include_str!("../../../../shaders/gather_rows.wgsl"),
+                include_str!("../wgsl/gather_rows.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Rw],
             ),
             Op::Router => (
-                include_str!("../../../../shaders/router.wgsl"),
+                include_str!("../wgsl/router.wgsl"),
                 "main",
                 &[Uniform, Read, Rw, Rw, Rw, Rw],
             ),
             Op::MoeGateUp => (
-                include_str!("../../../../shaders/moe_gate_up.wgsl"),
+                include_str!("../wgsl/moe_gate_up.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Read, Read, Rw],
             ),
             Op::MoeDown => (
-                include_str!("../../../../shaders/moe_down.wgsl"),
+                include_str!("../wgsl/moe_down.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Read, Read, Read, Rw],
             ),
             Op::Sample => (
-                include_str!("../../../../shaders/sample.wgsl"),
+                include_str!("../wgsl/sample.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Rw, Rw],
             ),
             Op::MoeGroup => (
-                include_str!("../../../../shaders/moe_group.wgsl"),
+                include_str!("../wgsl/moe_group.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Rw],
             ),
             Op::MoeExpertsTiled => (
-                include_str!("../../../../shaders/moe_experts_tiled.wgsl"),
+                include_str!("../wgsl/moe_experts_tiled.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Read, Rw],
             ),
             Op::MoeCombine => (
-                include_str!("../../../../shaders/moe_combine.wgsl"),
+                include_str!("../wgsl/moe_combine.wgsl"),
                 "main",
                 &[Uniform, Read, Read, Read, Rw],
             ),
         }
     }
 
-    fn reads_weights(self) -> bool {
+    pub fn reads_weights(self) -> bool {
         matches!(
             self,
             Op::Embed | Op::Matmul | Op::MatmulTiled | Op::MoeGateUp | Op::MoeDown | Op::MoeExpertsTiled
@@ -243,15 +296,47 @@ impl Op {
     fn sums_over_workgroup(self) -> bool {
         matches!(self, Op::Matmul)
     }
+
+    /// The module's full source: the weight prelude first (`enable f16;` must open the module), the
+    /// workgroup reduction, the KV format and the E4M3 codec where the kernel uses them, code shared between
+    /// kernels, then the kernel's own file.
+    pub fn source(self, format: Option<WeightFormat>, features: KernelFeatures, kv: KvDtype) -> String {
+        let mut parts: Vec<&str> = format.map(|f| f.prelude(features)).into_iter().collect();
+        if self.sums_over_workgroup() {
+            parts.push(if features.subgroups {
+                include_str!("../wgsl/reduce_subgroup.wgsl")
+            } else {
+                include_str!("../wgsl/reduce_workgroup.wgsl")
+            });
+        }
+        if self.uses_kv_cache() {
+            parts.push(match kv {
+                KvDtype::F16 => include_str!("../wgsl/kv_f16.wgsl"),
+                KvDtype::F32 => include_str!("../wgsl/kv_f32.wgsl"),
+                KvDtype::Fp8 => include_str!("../wgsl/kv_fp8.wgsl"),
+            });
+        }
+        if format == Some(WeightFormat::Fp8) || (self.uses_kv_cache() && kv == KvDtype::Fp8) {
+            parts.push(include_str!("../wgsl/e4m3.wgsl"));
+        }
+        parts.extend(self.shared());
+        parts.push(self.body().0);
+        parts.join("\n")
+    }
 }
 
-const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
+const ELEMENTWISE: &str = include_str!("../wgsl/elementwise.wgsl");
 const ATTENTION_SPLIT: &str = attention_kernel!("attention_split.wgsl");
 /// Both split-attention entry points bind the same buffers: the query and KV inputs, sinks, the chunk
 /// partials and the output.
 const SPLIT_BINDINGS: &[Access] = &[Uniform, Read, Read, Read, Read, Read, Read, Rw, Rw];
-const GEMM_TILES: &str = include_str!("../../../../shaders/gemm_tiles.wgsl");
-const MOE_ACTIVATION: &str = include_str!("../../../../shaders/moe_activation.wgsl");
+const GEMM_TILES: &str = include_str!("../wgsl/gemm_tiles.wgsl");
+const MOE_ACTIVATION: &str = include_str!("../wgsl/moe_activation.wgsl");
+
+/// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).
+pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
+    [n.div_ceil(64).clamp(1, 65535) as u32, 1, 1]
+}
 
 /// Bytes reserved per dispatch in the params ring (the largest params struct is 48 bytes; 256 is the
 /// dynamic-offset alignment every adapter accepts).
@@ -259,6 +344,8 @@ pub const PARAMS_STRIDE: u64 = 256;
 
 pub struct Kernel {
     pub id: u32,
+    /// "Matmul/Fp8": the op and weight format, for messages.
+    pub label: String,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub bindings: usize,
@@ -304,32 +391,8 @@ impl Kernels {
 
     /// Builds every kernel for every weight format: the compile check of `volt check --compile-only`.
     pub fn build_all(&mut self, device: &wgpu::Device) -> Vec<(Op, Option<WeightFormat>)> {
-        let ops = [
-            Op::Embed,
-            Op::RmsNorm,
-            Op::Matmul,
-            Op::MatmulTiled,
-            Op::Rope,
-            Op::KvWrite,
-            Op::Attention,
-            Op::AttentionSplit,
-            Op::AttentionMerge,
-            Op::AttentionTiled,
-            Op::Add,
-            Op::SwiGlu,
-            Op::Clamp,
-            Op::SigmoidGate,
-            Op::GatherRows,
-            Op::Router,
-            Op::MoeGateUp,
-            Op::MoeDown,
-            Op::Sample,
-            Op::MoeGroup,
-            Op::MoeExpertsTiled,
-            Op::MoeCombine,
-        ];
         let mut done = Vec::new();
-        for op in ops {
+        for op in Op::ALL {
             let formats: Vec<Option<WeightFormat>> = if op.reads_weights() {
                 WeightFormat::ALL.map(Some).to_vec()
             } else {
@@ -352,29 +415,8 @@ fn build(
     kv: KvDtype,
     id: u32,
 ) -> Kernel {
-    let (body, entry, access) = op.source();
-    // The weight prelude first (`enable f16;` must open the module), then code shared between kernels.
-    let mut parts: Vec<&str> = format.map(|f| f.prelude(features)).into_iter().collect();
-    if op.sums_over_workgroup() {
-        parts.push(if features.subgroups {
-            include_str!("../../../../shaders/reduce_subgroup.wgsl")
-        } else {
-            include_str!("../../../../shaders/reduce_workgroup.wgsl")
-        });
-    }
-    if op.uses_kv_cache() {
-        parts.push(match kv {
-            KvDtype::F16 => include_str!("../../../../shaders/kv_f16.wgsl"),
-            KvDtype::F32 => include_str!("../../../../shaders/kv_f32.wgsl"),
-            KvDtype::Fp8 => include_str!("../../../../shaders/kv_fp8.wgsl"),
-        });
-    }
-    if format == Some(WeightFormat::Fp8) || (op.uses_kv_cache() && kv == KvDtype::Fp8) {
-        parts.push(include_str!("../../../../shaders/e4m3.wgsl"));
-    }
-    parts.extend(op.shared());
-    parts.push(body);
-    let source = parts.join("\n");
+    let (_, entry, access) = op.body();
+    let source = op.source(format, features, kv);
     let label = format!("{op:?}{}", format.map(|f| format!("/{f:?}")).unwrap_or_default());
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(&label),
@@ -425,6 +467,7 @@ fn build(
     });
     Kernel {
         id,
+        label,
         pipeline,
         layout,
         bindings: access.len(),

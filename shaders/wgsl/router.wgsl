@@ -20,6 +20,9 @@ struct Params {
     _pad2: u32,
 }
 
+// Most experts the selection mask covers (runtime/src/backend/mod.rs: MAX_EXPERTS).
+const MAX_EXPERTS: u32 = 1024u;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> probs: array<f32>;
@@ -59,7 +62,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let out = t * p.max_experts;
     score_all(base);
     // Selection key: probabilities, or raw logits when selecting before scoring.
-    var taken: array<u32, 32>;
+    var taken: array<u32, MAX_EXPERTS / 32u>;
     var count = 0u;
     var sum = 0.0;
     loop {

@@ -4,14 +4,15 @@
 //! `table[slot][j / KV_PAGE]` holds position `j` in each full layer's pool. Sliding layers keep fixed rings per
 //! slot (`Ring`) and layers that reuse another layer's KV hold nothing, so neither takes pages.
 
-use super::Step;
 use crate::error::Result;
 use crate::spec::ModelSpec;
+use crate::step::Step;
 
-/// Positions per page. `shaders/kv_pages.wgsl` holds the same number.
+/// Positions per page. The kernels' `kv_row` (`shaders/wgsl/kv_pages.wgsl`, `native-cuda/kernels/attention.cu`)
+/// hold the same number.
 pub const KV_PAGE: usize = 32;
 
-/// A sliding layer's ring of KV rows per slot: position `j` lives at row `j % rows`.
+/// A sliding layer's KV rows per slot: the last `rows` positions, position `j` at row `j % rows` on the GPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
     pub window: usize,
@@ -19,12 +20,13 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// The window plus the most positions one step adds to a sequence (a prefill chunk), so a step never
-    /// overwrites a key that one of its own rows still sees; never more than `context`.
-    pub fn new(window: usize, context: usize) -> Ring {
+    /// The window plus `extra` positions, never more than `context`. A GPU ring keeps one step more
+    /// (`MAX_STEP_TOKENS`), so a step never overwrites a key one of its own rows still sees; the CPU
+    /// reference trims to the window after every step (`extra` 0).
+    pub fn new(window: usize, extra: usize, context: usize) -> Ring {
         Ring {
             window,
-            rows: (window + crate::generate::PREFILL_CHUNK).min(context),
+            rows: (window + extra).min(context),
         }
     }
 
@@ -33,12 +35,6 @@ impl Ring {
     pub fn keeps(&self, seq_len: usize, len: usize) -> bool {
         (len + 1).saturating_sub(self.window) >= seq_len.saturating_sub(self.rows)
     }
-}
-
-/// `KvCache::can_truncate` of a cache whose sliding layers keep `rings`: a slot filled to `seq_len` can go
-/// on from `len` when every ring still holds the keys a token at `len` sees (pages keep every position).
-pub fn can_resume(rings: impl IntoIterator<Item = Ring>, seq_len: usize, len: usize) -> bool {
-    len <= seq_len && rings.into_iter().all(|ring| ring.keeps(seq_len, len))
 }
 
 /// The KV widths of the layers whose KV is paged: full-attention layers that own their KV.
@@ -101,10 +97,7 @@ impl PagePool {
     /// Gives every sequence of the step the pages its new positions fall in; true when a table changed.
     /// Takes nothing when the pool cannot cover the whole step.
     pub fn reserve(&mut self, step: &Step) -> Result<bool> {
-        let mut ends = vec![0; self.tables.len()];
-        for (&slot, &pos) in step.seqs.iter().zip(&step.positions) {
-            ends[slot] = ends[slot].max(pos + 1);
-        }
+        let ends = step.ends(self.tables.len());
         let needed: Vec<usize> = ends
             .iter()
             .enumerate()
@@ -170,9 +163,9 @@ mod tests {
 
     #[test]
     fn a_ring_keeps_the_window_of_a_resumed_prefix_only_while_it_is_unwritten() {
-        let ring = Ring::new(100, 10_000);
-        assert_eq!(ring.rows, 100 + crate::generate::PREFILL_CHUNK);
-        assert_eq!(Ring::new(100, 300).rows, 300);
+        let ring = Ring::new(100, 512, 10_000);
+        assert_eq!(ring.rows, 612);
+        assert_eq!(Ring::new(100, 512, 300).rows, 300);
         // Filled to 1000: rows hold positions 388..1000; resuming at 600 needs 501..=600.
         assert!(ring.keeps(1000, 600));
         // Resuming at 450 needs 351..=450, of which 351..388 were overwritten.
@@ -185,13 +178,5 @@ mod tests {
         assert_eq!(pool.bound(5000), 5000);
         assert_eq!(pool.pages_needed(0, 500), 0);
         assert!(!pool.reserve(&Step::single(0, &[0; 100], 0)).unwrap());
-    }
-
-    #[test]
-    fn the_wgsl_page_layout_matches() {
-        let wgsl = include_str!("../../../shaders/kv_pages.wgsl");
-        assert!(wgsl.contains(&format!("const KV_PAGE: u32 = {KV_PAGE}u;")));
-        let tables = super::super::wgpu::MAX_STEP_TOKENS;
-        assert!(wgsl.contains(&format!("const PAGE_TABLES: u32 = {tables}u;")));
     }
 }

@@ -3,8 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::bail;
-use crate::error::{Error, Result};
+use volt_runtime::{bail, Error, Result};
 
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -69,7 +68,7 @@ impl Gpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("volt"),
-            required_features: adapter.features() & super::kernels::KernelFeatures::WANTED,
+            required_features: adapter.features() & crate::kernels::KernelFeatures::WANTED,
             required_limits: limits.clone(),
             ..Default::default()
         }))
