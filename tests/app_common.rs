@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
+use volt_app::backends::{BackendChoice, BackendKind};
 use volt_app::gui::state::{AppOptions, ChatApp};
 use volt_app::gui::VoltApp;
 
@@ -20,7 +21,7 @@ pub fn open_app(
     let options = AppOptions {
         data_dir: data.to_path_buf(),
         model: Some(volt_app::model_path(None).unwrap()),
-        backend: Some("cpu".into()),
+        backend: Some(BackendChoice::Kind(BackendKind::Cpu)),
         dtypes: Default::default(),
     };
     let mut builder = Harness::builder().with_size([1100.0, 700.0]).allow_missing_glyphs();

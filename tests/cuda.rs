@@ -15,7 +15,7 @@ use volt_cuda::kernels::{compile_all, HOPPER};
 use volt_cuda::nvrtc::Nvrtc;
 use volt_cuda::{CudaBackend, Device};
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_runtime::backend::WeightDtype;
+use volt_runtime::dtype::WeightDtype;
 use volt_runtime::eval::perplexity;
 use volt_runtime::generate::prompt_logits;
 use volt_runtime::session::BackendSession;

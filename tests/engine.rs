@@ -10,12 +10,12 @@ use std::sync::mpsc::Receiver;
 
 use common::fixtures_root;
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_wgpu::{adapters, Gpu, WgpuBackend};
 use volt_runtime::dtype::{KvDtype, WeightDtype};
 use volt_runtime::engine::{Completion, Engine, Event, Request};
 use volt_runtime::generate::{generate, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;
 use volt_runtime::session::{BackendSession, Session};
+use volt_wgpu::{adapters, Gpu, WgpuBackend};
 
 fn session(dir: &Path, backend: &str, slots: usize) -> Box<dyn Session + Send> {
     session_with_pool(dir, backend, slots, None)

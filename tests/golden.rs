@@ -9,8 +9,8 @@ use std::path::Path;
 
 use common::{expected, fixtures, fixtures_root};
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_runtime::dtype::WeightDtype;
 use volt_runtime::checkpoint::Checkpoint;
+use volt_runtime::dtype::WeightDtype;
 use volt_runtime::fp8;
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::SamplingParams;

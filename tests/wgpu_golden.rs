@@ -19,13 +19,13 @@ use std::path::Path;
 use common::{expected, fixtures, fixtures_root};
 
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_wgpu::{adapters, Gpu, WgpuBackend};
 use volt_runtime::backend::Backend;
-use volt_runtime::dtype::{KvDtype, WeightDtype};
 use volt_runtime::checkpoint::Checkpoint;
+use volt_runtime::dtype::{KvDtype, WeightDtype};
 use volt_runtime::generate::{generate, prompt_logits, GenerateOptions};
 use volt_runtime::sampler::{Sampler, SamplingParams};
 use volt_runtime::session::{BackendSession, Session};
+use volt_wgpu::{adapters, Gpu, WgpuBackend};
 
 fn open(dir: &Path, dtype: WeightDtype, kv: KvDtype) -> Result<BackendSession<WgpuBackend>, String> {
     let gpu = Gpu::open_default().map_err(|e| e.to_string())?;

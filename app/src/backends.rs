@@ -134,7 +134,13 @@ impl BackendKind {
     /// Loads the model in `dir` with `slots` sequence slots; the full-attention layers' KV page pool holds
     /// `pool_tokens` positions (default: every slot's whole context, or what the device holds), and a
     /// smaller pool also bounds the context.
-    pub fn open(self, dir: &Path, dtypes: &Dtypes, slots: usize, pool_tokens: Option<usize>) -> Result<Box<dyn Session + Send>> {
+    pub fn open(
+        self,
+        dir: &Path,
+        dtypes: &Dtypes,
+        slots: usize,
+        pool_tokens: Option<usize>,
+    ) -> Result<Box<dyn Session + Send>> {
         let dtype = dtypes.weights(dir)?;
         let kv = dtypes.kv.unwrap_or(self.default_kv_dtype());
         match self {

@@ -119,10 +119,7 @@ pub fn print_results(device: &str, results: &[CaseResult]) {
 }
 
 fn reopen(name: &str) -> Result<Gpu> {
-    match adapters()
-        .into_iter()
-        .find(|a| adapter_name(&a.get_info()) == name)
-    {
+    match adapters().into_iter().find(|a| adapter_name(&a.get_info()) == name) {
         Some(a) => Gpu::open(a),
         None => bail!("adapter {name} disappeared"),
     }

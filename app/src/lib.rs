@@ -44,7 +44,12 @@ pub fn default_model_places(exe_dir: Option<&Path>, data_dir: Option<&Path>) -> 
     if let Some(dir) = data_dir {
         places.push(dir.join("models").join(DEFAULT_MODEL));
     }
-    places.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("assets").join(DEFAULT_MODEL));
+    places.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("assets")
+            .join(DEFAULT_MODEL),
+    );
     places
 }
 
@@ -84,7 +89,10 @@ mod tests {
         // Where none holds one, the error names every place.
         let nowhere = [root.join("a"), root.join("b")];
         let e = find_default_model(&nowhere).unwrap_err().to_string();
-        assert!(e.contains(&nowhere[0].display().to_string()) && e.contains(&nowhere[1].display().to_string()), "{e}");
+        assert!(
+            e.contains(&nowhere[0].display().to_string()) && e.contains(&nowhere[1].display().to_string()),
+            "{e}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

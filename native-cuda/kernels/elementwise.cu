@@ -1,48 +1,62 @@
 // Row-wise and element-wise ops on f32 activations [rows, cols].
 
+// out[r, :] = src[index[r], :] for `rows` rows of `cols` values: the embedding lookup (src is the table in its
+// stored dtype, index the step's tokens) and select_rows (src f32 activations).
+struct GatherArgs {
+    const void* src;
+    const int* index;
+    float* out;
+    int rows;
+    int cols;
+};
+
 template <typename W>
-__device__ void embed_rows(const typename W::T* table, const int* tokens, float* out, int rows, int hidden) {
+__device__ void gather_rows(const typename W::T* src, const int* index, float* out, int rows, int cols) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)rows * hidden) return;
-    size_t r = i / hidden, c = i % hidden;
-    out[i] = W::get(table, (size_t)tokens[r] * hidden + c);
+    if (i >= (size_t)rows * cols) return;
+    size_t r = i / cols, c = i % cols;
+    out[i] = W::get(src, (size_t)index[r] * cols + c);
 }
 
-extern "C" __global__ void embed_f32(const float* t, const int* tok, float* out, int rows, int hidden) {
-    embed_rows<WeightF32>(t, tok, out, rows, hidden);
-}
-extern "C" __global__ void embed_bf16(const u16* t, const int* tok, float* out, int rows, int hidden) {
-    embed_rows<WeightBf16>(t, tok, out, rows, hidden);
-}
-extern "C" __global__ void embed_f16(const u16* t, const int* tok, float* out, int rows, int hidden) {
-    embed_rows<WeightF16>(t, tok, out, rows, hidden);
-}
+#define GATHER(NAME, W)                                                       \
+    extern "C" __global__ void NAME(GatherArgs p) {                           \
+        gather_rows<W>((const W::T*)p.src, p.index, p.out, p.rows, p.cols); \
+    }
+GATHER(embed_f32, WeightF32)
+GATHER(embed_bf16, WeightBf16)
+GATHER(embed_f16, WeightF16)
+GATHER(select_rows, WeightF32)
 
-extern "C" __global__ void swiglu(float* gate, const float* up, long long n) {
+// Element-wise over the n values of x: y is the second operand (none for clamp_values), cols the row width
+// (sigmoid_gate's gate has one value per row), limit clamp_values' bound.
+struct ElementwiseArgs {
+    float* x;
+    const float* y;
+    long long n;
+    int cols;
+    float limit;
+};
+
+// x = silu(x) * y
+extern "C" __global__ void swiglu(ElementwiseArgs p) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = gate[i];
-    gate[i] = g / (1.0f + expf(-g)) * up[i];
+    if (i >= p.n) return;
+    float g = p.x[i];
+    p.x[i] = g / (1.0f + expf(-g)) * p.y[i];
 }
 
-extern "C" __global__ void clamp_values(float* x, float limit, long long n) {
+extern "C" __global__ void clamp_values(ElementwiseArgs p) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = fminf(fmaxf(x[i], -limit), limit);
+    if (i < p.n) p.x[i] = fminf(fmaxf(p.x[i], -p.limit), p.limit);
 }
 
-extern "C" __global__ void add_assign(float* x, const float* y, long long n) {
+extern "C" __global__ void add_assign(ElementwiseArgs p) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += y[i];
+    if (i < p.n) p.x[i] += p.y[i];
 }
 
-// x[row, :] *= sigmoid(gate[row]) for a one-column gate.
-extern "C" __global__ void sigmoid_gate(float* x, const float* gate, int cols, long long n) {
+// x[row, :] *= sigmoid(y[row]) for a one-column gate y.
+extern "C" __global__ void sigmoid_gate(ElementwiseArgs p) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] *= 1.0f / (1.0f + expf(-gate[i / cols]));
-}
-
-extern "C" __global__ void select_rows(const float* x, const int* rows, float* out, int n_rows, int cols) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)n_rows * cols) return;
-    out[i] = x[(long long)rows[i / cols] * cols + i % cols];
+    if (i < p.n) p.x[i] *= 1.0f / (1.0f + expf(-p.y[i / p.cols]));
 }

@@ -7,22 +7,33 @@
 #define TILE_M 64
 #define TILE_N 64
 
+// x: f32 rows of k values; q [rows, kp] codes, scales [rows, kp / 128].
+struct QuantizeArgs {
+    const float* x;
+    const int* src;
+    u8* q;
+    float* scales;
+    int rows;
+    int k;
+    int kp;
+    int _pad;
+};
+
 // Activation rows to E4M3, one warp per (row, 128-column block): scale = max(amax, 1e-4) / 448 (DeepGEMM's
 // per_token_cast_to_fp8). Output row i comes from input row src[i] when src is given (-1: a zero row), which
 // gathers tokens into the per-expert sorted order. q is [rows, kp] with kp a multiple of 128 (zero padded).
-extern "C" __global__ void quantize_rows_1x128(const float* x, const int* src, u8* q, float* scales, int rows,
-                                               int k, int kp) {
+extern "C" __global__ void quantize_rows_1x128(QuantizeArgs p) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) / WARP, lane = threadIdx.x % WARP;
-    int blocks = kp / 128;
-    if (warp >= rows * blocks) return;
+    int blocks = p.kp / 128;
+    if (warp >= p.rows * blocks) return;
     int row = warp / blocks, kb = warp % blocks;
-    int from = src ? src[row] : row;
+    int from = p.src ? p.src[row] : row;
     int col = kb * 128 + lane * 4;
     float v[4];
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        v[j] = (from >= 0 && col + j < k) ? x[(size_t)from * k + col + j] : 0.0f;
+        v[j] = (from >= 0 && col + j < p.k) ? p.x[(size_t)from * p.k + col + j] : 0.0f;
         amax = fmaxf(amax, fabsf(v[j]));
     }
     amax = warp_max(amax);
@@ -31,8 +42,8 @@ extern "C" __global__ void quantize_rows_1x128(const float* x, const int* src, u
     // cvt packs its first operand into the upper byte.
     asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] / scale), "f"(v[0] / scale));
     asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[3] / scale), "f"(v[2] / scale));
-    *(u32*)(q + (size_t)row * kp + col) = (u32)lo | ((u32)hi << 16);
-    if (lane == 0) scales[(size_t)row * blocks + kb] = scale;
+    *(u32*)(p.q + (size_t)row * p.kp + col) = (u32)lo | ((u32)hi << 16);
+    if (lane == 0) p.scales[(size_t)row * blocks + kb] = scale;
 }
 
 __device__ __forceinline__ void mma_e4m3(float* d, const u32* a, u32 b0, u32 b1) {
@@ -47,20 +58,38 @@ __device__ __forceinline__ u32 load_u32(const u8* base, size_t offset, bool vali
     return valid ? *(const u32*)(base + offset) : 0u;
 }
 
+// c [m, n] = a [m, kp] · b [n, kp]ᵀ (+ bias); a_scale [m, kp / 128], b_scale by scale_row over group_rows.
+struct GemmFp8Args {
+    const u8* a;
+    const float* a_scale;
+    const u8* b;
+    const float* b_scale;
+    const float* bias;
+    float* c;
+    const int* tile_expert;
+    const int* used_tiles;
+    long long b_expert_elems;
+    long long b_expert_scales;
+    int m;
+    int n;
+    int kp;
+    int group_rows;
+};
+
 // Block (TILE_M rows, TILE_N columns), 4 warps of 16 rows x 64 columns. Grouped mode: every TILE_M rows of A
 // belong to expert tile_expert[tile] (-1 or a tile past *used_tiles: nothing to do) and B, b_scale and bias
 // advance by that expert's stride. Dense mode: tile_expert = 0, used_tiles = 0, strides unused.
-extern "C" __global__ void gemm_fp8(const u8* a, const float* a_scale, const u8* b, const float* b_scale,
-                                    const float* bias, float* c, int m, int n, int kp, int group_rows,
-                                    const int* tile_expert,
-                                    const int* used_tiles, long long b_expert_elems, long long b_expert_scales) {
+extern "C" __global__ void gemm_fp8(GemmFp8Args p) {
+    const u8 *a = p.a, *b = p.b;
+    const float *a_scale = p.a_scale, *b_scale = p.b_scale, *bias = p.bias;
+    int m = p.m, n = p.n, kp = p.kp, group_rows = p.group_rows;
     int tile_m = blockIdx.y, tile_n = blockIdx.x;
     long long e = 0;
-    if (tile_expert) {
-        if (tile_m >= *used_tiles || tile_expert[tile_m] < 0) return;
-        e = tile_expert[tile_m];
-        b += e * b_expert_elems;
-        b_scale += e * b_expert_scales;
+    if (p.tile_expert) {
+        if (tile_m >= *p.used_tiles || p.tile_expert[tile_m] < 0) return;
+        e = p.tile_expert[tile_m];
+        b += e * p.b_expert_elems;
+        b_scale += e * p.b_expert_scales;
         if (bias) bias += e * n;
     }
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -113,7 +142,7 @@ extern "C" __global__ void gemm_fp8(const u8* a, const float* a_scale, const u8*
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int r = i < 2 ? row0 : row0 + 8, cc = col + (i & 1);
-            if (r < m && cc < n) c[(size_t)r * n + cc] = total[f][i] + (bias ? bias[cc] : 0.0f);
+            if (r < m && cc < n) p.c[(size_t)r * n + cc] = total[f][i] + (bias ? bias[cc] : 0.0f);
         }
     }
 }

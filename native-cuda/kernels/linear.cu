@@ -42,10 +42,25 @@ __device__ void linear_rows(const float* x, const typename W::T* w, const float*
     }
 }
 
-#define LINEAR(NAME, W)                                                                                       \
-    extern "C" __global__ void NAME(const float* x, const W::T* w, const float* scales, const float* bias,    \
-                                    float* y, int rows, int k, int out, int stride, int group_rows) {         \
-        linear_rows<W>(x, w, scales, bias, y, rows, k, out, stride, group_rows);                                        \
+// w in the kernel's stored dtype (W::T), `stride` elements between rows; scales (FP8 only) and bias may be 0.
+struct LinearArgs {
+    const float* x;
+    const void* w;
+    const float* scales;
+    const float* bias;
+    float* y;
+    int rows;
+    int k;
+    int out;
+    int stride;
+    int group_rows;
+    int _pad;
+};
+
+#define LINEAR(NAME, W)                                                                               \
+    extern "C" __global__ void NAME(LinearArgs p) {                                                   \
+        linear_rows<W>(p.x, (const W::T*)p.w, p.scales, p.bias, p.y, p.rows, p.k, p.out, p.stride,   \
+                       p.group_rows);                                                                 \
     }
 LINEAR(linear_f32, WeightF32)
 LINEAR(linear_bf16, WeightBf16)
@@ -80,13 +95,27 @@ __device__ void expert_rows(const float* x, int x_div, const int* experts, const
     if (lane == 0) y[(size_t)a * out + o] = acc;
 }
 
-#define EXPERTS(NAME, W)                                                                                      \
-    extern "C" __global__ void NAME(const float* x, int x_div, const int* experts, const W::T* w,            \
-                                    const float* scales, float* y, int k, int out, int stride,               \
-                                    int group_rows, long long expert_elems,                       \
-                                    long long expert_scales) {                                                \
-        expert_rows<W>(x, x_div, experts, w, scales, y, k, out, stride, group_rows, expert_elems,      \
-                       expert_scales);                                                                        \
+// x rows of k values, experts[assignments], w the stacked experts in the kernel's stored dtype (W::T).
+struct ExpertsArgs {
+    const float* x;
+    const int* experts;
+    const void* w;
+    const float* scales;
+    float* y;
+    long long expert_elems;
+    long long expert_scales;
+    int x_div;
+    int k;
+    int out;
+    int stride;
+    int group_rows;
+    int _pad;
+};
+
+#define EXPERTS(NAME, W)                                                                                \
+    extern "C" __global__ void NAME(ExpertsArgs p) {                                                    \
+        expert_rows<W>(p.x, p.x_div, p.experts, (const W::T*)p.w, p.scales, p.y, p.k, p.out, p.stride, \
+                       p.group_rows, p.expert_elems, p.expert_scales);                                  \
     }
 EXPERTS(experts_f32, WeightF32)
 EXPERTS(experts_bf16, WeightBf16)

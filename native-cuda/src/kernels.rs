@@ -1,5 +1,6 @@
 //! The CUDA C kernels (`native-cuda/kernels/*.cu`), compiled at run time by NVRTC for the device's
-//! architecture and cached on disk as CUBINs keyed by source, options and NVRTC version.
+//! architecture and cached on disk as CUBINs keyed by source, options and NVRTC version. Each kernel is a
+//! `Kernel<P>` constant here, P the parameter struct it takes (`params.rs`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,77 +8,114 @@ use std::time::Instant;
 use volt_runtime::{bail, Result};
 
 use crate::nvrtc::Nvrtc;
+use crate::params::{
+    AttentionArgs, ElementwiseArgs, ExpertsArgs, GatherArgs, GemmFp8Args, Kernel, KernelEntry, KvWriteArgs, LinearArgs,
+    MoeActivationArgs, MoeAlignArgs, MoeCombineArgs, MoeRouteArgs, PickGreedyArgs, QuantizeArgs, RmsNormArgs, RopeArgs,
+};
 
 /// One `.cu` file: its source (with `common.cuh` prepended) and the `extern "C"` kernels it defines.
 pub struct KernelModule {
     pub name: &'static str,
     source: &'static str,
-    pub entries: &'static [&'static str],
+    pub kernels: &'static [KernelEntry],
     /// Lowest compute capability the module compiles for (FP8 tensor-core instructions need 8.9).
     pub min_capability: (u32, u32),
 }
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
 
+pub const EMBED_F32: Kernel<GatherArgs> = Kernel::new("embed_f32");
+pub const EMBED_BF16: Kernel<GatherArgs> = Kernel::new("embed_bf16");
+pub const EMBED_F16: Kernel<GatherArgs> = Kernel::new("embed_f16");
+pub const SELECT_ROWS: Kernel<GatherArgs> = Kernel::new("select_rows");
+pub const SWIGLU: Kernel<ElementwiseArgs> = Kernel::new("swiglu");
+pub const CLAMP_VALUES: Kernel<ElementwiseArgs> = Kernel::new("clamp_values");
+pub const ADD_ASSIGN: Kernel<ElementwiseArgs> = Kernel::new("add_assign");
+pub const SIGMOID_GATE: Kernel<ElementwiseArgs> = Kernel::new("sigmoid_gate");
+pub const RMS_NORM: Kernel<RmsNormArgs> = Kernel::new("rms_norm");
+pub const APPLY_ROPE: Kernel<RopeArgs> = Kernel::new("apply_rope");
+pub const LINEAR_F32: Kernel<LinearArgs> = Kernel::new("linear_f32");
+pub const LINEAR_BF16: Kernel<LinearArgs> = Kernel::new("linear_bf16");
+pub const LINEAR_F16: Kernel<LinearArgs> = Kernel::new("linear_f16");
+pub const LINEAR_FP8: Kernel<LinearArgs> = Kernel::new("linear_fp8");
+pub const EXPERTS_F32: Kernel<ExpertsArgs> = Kernel::new("experts_f32");
+pub const EXPERTS_BF16: Kernel<ExpertsArgs> = Kernel::new("experts_bf16");
+pub const EXPERTS_F16: Kernel<ExpertsArgs> = Kernel::new("experts_f16");
+pub const EXPERTS_FP8: Kernel<ExpertsArgs> = Kernel::new("experts_fp8");
+pub const QUANTIZE_ROWS_1X128: Kernel<QuantizeArgs> = Kernel::new("quantize_rows_1x128");
+pub const GEMM_FP8: Kernel<GemmFp8Args> = Kernel::new("gemm_fp8");
+pub const MOE_ROUTE: Kernel<MoeRouteArgs> = Kernel::new("moe_route");
+pub const MOE_ALIGN: Kernel<MoeAlignArgs> = Kernel::new("moe_align");
+pub const MOE_ACTIVATION: Kernel<MoeActivationArgs> = Kernel::new("moe_activation");
+pub const MOE_COMBINE: Kernel<MoeCombineArgs> = Kernel::new("moe_combine");
+pub const KV_WRITE: Kernel<KvWriteArgs> = Kernel::new("kv_write");
+pub const ATTENTION: Kernel<AttentionArgs> = Kernel::new("attention");
+pub const PICK_GREEDY: Kernel<PickGreedyArgs> = Kernel::new("pick_greedy");
+
 pub const MODULES: &[KernelModule] = &[
     KernelModule {
         name: "elementwise",
         source: include_str!("../kernels/elementwise.cu"),
-        entries: &[
-            "embed_f32",
-            "embed_bf16",
-            "embed_f16",
-            "swiglu",
-            "clamp_values",
-            "add_assign",
-            "sigmoid_gate",
-            "select_rows",
+        kernels: &[
+            EMBED_F32.entry(),
+            EMBED_BF16.entry(),
+            EMBED_F16.entry(),
+            SWIGLU.entry(),
+            CLAMP_VALUES.entry(),
+            ADD_ASSIGN.entry(),
+            SIGMOID_GATE.entry(),
+            SELECT_ROWS.entry(),
         ],
         min_capability: (8, 0),
     },
     KernelModule {
         name: "norm_rope",
         source: include_str!("../kernels/norm_rope.cu"),
-        entries: &["rms_norm", "apply_rope"],
+        kernels: &[RMS_NORM.entry(), APPLY_ROPE.entry()],
         min_capability: (8, 0),
     },
     KernelModule {
         name: "linear",
         source: include_str!("../kernels/linear.cu"),
-        entries: &[
-            "linear_f32",
-            "linear_bf16",
-            "linear_f16",
-            "linear_fp8",
-            "experts_f32",
-            "experts_bf16",
-            "experts_f16",
-            "experts_fp8",
+        kernels: &[
+            LINEAR_F32.entry(),
+            LINEAR_BF16.entry(),
+            LINEAR_F16.entry(),
+            LINEAR_FP8.entry(),
+            EXPERTS_F32.entry(),
+            EXPERTS_BF16.entry(),
+            EXPERTS_F16.entry(),
+            EXPERTS_FP8.entry(),
         ],
         min_capability: (8, 0),
     },
     KernelModule {
         name: "gemm_fp8",
         source: include_str!("../kernels/gemm_fp8.cu"),
-        entries: &["quantize_rows_1x128", "gemm_fp8"],
+        kernels: &[QUANTIZE_ROWS_1X128.entry(), GEMM_FP8.entry()],
         min_capability: (8, 9),
     },
     KernelModule {
         name: "moe",
         source: include_str!("../kernels/moe.cu"),
-        entries: &["moe_route", "moe_align", "moe_activation", "moe_combine"],
+        kernels: &[
+            MOE_ROUTE.entry(),
+            MOE_ALIGN.entry(),
+            MOE_ACTIVATION.entry(),
+            MOE_COMBINE.entry(),
+        ],
         min_capability: (8, 0),
     },
     KernelModule {
         name: "attention",
         source: include_str!("../kernels/attention.cu"),
-        entries: &["kv_write", "attention"],
+        kernels: &[KV_WRITE.entry(), ATTENTION.entry()],
         min_capability: (8, 0),
     },
     KernelModule {
         name: "sample",
         source: include_str!("../kernels/sample.cu"),
-        entries: &["pick_greedy"],
+        kernels: &[PICK_GREEDY.entry()],
         min_capability: (8, 0),
     },
 ];
@@ -106,9 +144,9 @@ impl KernelModule {
     /// Compiles for `arch` (no cache) and checks that every listed kernel is in the CUBIN.
     pub fn compile(&self, nvrtc: &Nvrtc, arch: &str) -> Result<Vec<u8>> {
         let compiled = nvrtc.compile(&format!("{}.cu", self.name), &self.source(), &Self::options(arch))?;
-        for entry in self.entries {
-            if !has_symbol(&compiled.cubin, entry) {
-                bail!("{}.cu: kernel {entry} is missing from the CUBIN", self.name);
+        for kernel in self.kernels {
+            if !has_symbol(&compiled.cubin, kernel.name) {
+                bail!("{}.cu: kernel {} is missing from the CUBIN", self.name, kernel.name);
             }
         }
         Ok(compiled.cubin)
@@ -160,10 +198,10 @@ pub fn compile_all(nvrtc: &Nvrtc, capability: (u32, u32)) -> Vec<CompileReport> 
             .compile(nvrtc, &arch)
             .map(|cubin| (cubin.len(), started.elapsed().as_secs_f64()))
             .map_err(|e| e.to_string());
-        for kernel in module.entries {
+        for kernel in module.kernels {
             reports.push(CompileReport {
                 module: module.name,
-                kernel,
+                kernel: kernel.name,
                 arch: arch.clone(),
                 outcome: outcome.clone(),
             });
@@ -203,17 +241,31 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use volt_runtime::backend::{MAX_EXPERTS, MAX_HEAD_DIM};
+    use volt_runtime::kv::KV_PAGE;
+
     use super::*;
 
     #[test]
     fn every_listed_kernel_is_defined_in_its_source() {
         for module in MODULES {
-            for entry in module.entries {
-                let defined =
-                    module.source.contains(&format!("void {entry}(")) || module.source.contains(&format!("({entry}, "));
-                assert!(defined, "{}.cu does not define {entry}", module.name);
+            for kernel in module.kernels {
+                let (name, args) = (kernel.name, kernel.args.name);
+                let defined = module.source.contains(&format!("void {name}({args} p)"))
+                    || module.source.contains(&format!("({name}, "));
+                assert!(defined, "{}.cu does not define {name}", module.name);
             }
         }
+    }
+
+    /// The kernels' constants are the host's: the largest head, the most experts and the KV page size.
+    #[test]
+    fn the_kernels_share_the_hosts_limits() {
+        let attention = include_str!("../kernels/attention.cu");
+        assert!(attention.contains(&format!("#define MAX_HEAD_DIM {MAX_HEAD_DIM}\n")));
+        assert!(attention.contains(&format!("#define KV_PAGE {KV_PAGE}\n")));
+        let moe = include_str!("../kernels/moe.cu");
+        assert!(moe.contains(&format!("#define MAX_EXPERTS {MAX_EXPERTS}\n")));
     }
 
     #[test]

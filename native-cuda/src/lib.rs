@@ -3,17 +3,23 @@
 //! libnvrtc are loaded when a backend starts, after checks that turn their absence into an error (cudarc
 //! panics on a missing library).
 
+pub mod attention;
 pub mod backend;
 pub mod kernels;
+mod moe;
 pub mod nvrtc;
+pub mod params;
+pub mod weights;
 
 use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
-use volt_runtime::backend::{Backend, Precision, Step, WeightDtype};
+use volt_runtime::backend::Backend;
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::conformance::{self, CaseResult};
+use volt_runtime::dtype::{Precision, WeightDtype};
 use volt_runtime::fp8::{self, BlockGrid};
+use volt_runtime::step::Step;
 use volt_runtime::{bail, Result};
 
 pub use backend::CudaBackend;
@@ -70,7 +76,7 @@ pub fn conformance(dtype: WeightDtype) -> Result<Vec<CaseResult>> {
             .and_then(|s| s.split(' ').next())
             .and_then(|t| t.parse().ok())
             .unwrap_or(1);
-        (name.starts_with("matmul") || name.starts_with("moe")) && rows > backend::GEMV_ROWS
+        (name.starts_with("matmul") || name.starts_with("moe")) && rows > weights::GEMV_ROWS
     };
     let label = if dtype == WeightDtype::Fp8 {
         "fp8 gemm: 1x128 activations"
@@ -108,8 +114,8 @@ pub fn gemm_relative_error(rows: usize, k: usize, out: usize, seed: u64) -> Resu
     let weight = backend.upload_matrix(HostTensor::new(vec![out, k], w), Precision::Storage)?;
     let ids: Vec<u32> = (0..rows as u32).collect();
     backend.begin_step(&Step::single(0, &ids, 0))?;
-    let input = backend.embed(&table);
-    let y = backend.linear(&input, &weight, None);
+    let input = backend.embed(&table)?;
+    let y = backend.linear(&input, &weight, None)?;
     let got = backend.read(&y)?;
     let (mut diff, mut norm) = (0.0f64, 0.0f64);
     for r in 0..rows {

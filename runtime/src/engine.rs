@@ -439,11 +439,7 @@ impl Scheduler {
         self.session.kv_mut().truncate(slot, cached);
         self.slots[slot].tokens.truncate(cached);
         // Running prefills keep a claim on the pages the rest of their prompts need.
-        let outstanding: usize = self
-            .running
-            .iter()
-            .map(|s| self.pages_needed(s.slot, s.total()))
-            .sum();
+        let outstanding: usize = self.running.iter().map(|s| self.pages_needed(s.slot, s.total())).sum();
         if !self.reclaim(outstanding + self.pages_needed(slot, tokens.len()), Some(slot)) {
             return None;
         }

@@ -127,7 +127,13 @@ impl<B: Backend> Model<B> {
                 }
                 None => None,
             };
-            let norm_group = |whole: usize| if a.qk_norm == QkNorm::PerHead { a.head_dim } else { whole };
+            let norm_group = |whole: usize| {
+                if a.qk_norm == QkNorm::PerHead {
+                    a.head_dim
+                } else {
+                    whole
+                }
+            };
             if let Some(qn) = &w.q_norm {
                 q = be.rms_norm(&q, qn, eps, norm_group(a.q_dim()))?;
             }

@@ -2,8 +2,8 @@
 //! arithmetic. Family loaders (`models/`) translate a Hugging Face config.json into this; the forward pass
 //! (`model.rs`) reads only this.
 
-use crate::dtype::{KvDtype, Precision};
 use crate::bail;
+use crate::dtype::{KvDtype, Precision};
 use crate::error::Result;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -346,8 +346,10 @@ impl ModelSpec {
             })
             .sum();
         let storage = total - table - full;
-        (storage as f64 * bytes(Precision::Storage) + table as f64 * bytes(Precision::Table) + full as f64 * bytes(Precision::Full))
-            .round() as u64
+        (storage as f64 * bytes(Precision::Storage)
+            + table as f64 * bytes(Precision::Table)
+            + full as f64 * bytes(Precision::Full))
+        .round() as u64
     }
 
     /// KV cache bytes of one sequence at `context` tokens with values kept as `kv`: sliding layers keep

@@ -19,7 +19,9 @@ use crate::cache::WgpuCache;
 use crate::device::Gpu;
 use crate::kernels::{groups_1d, KernelFeatures, Kernels, Op, WeightFormat};
 use crate::moe::TracedRouting;
-use crate::params::{ElementwiseParams, EmbedParams, GatherRowsParams, KernelParams, MatmulParams, RmsNormParams, RopeParams};
+use crate::params::{
+    ElementwiseParams, EmbedParams, GatherRowsParams, KernelParams, MatmulParams, RmsNormParams, RopeParams,
+};
 use crate::recorder::{PendingRead, Recorder};
 use crate::step_inputs::StepBuffers;
 use crate::weights::GpuMatrix;
@@ -151,7 +153,12 @@ impl WgpuBackend {
 
     /// x · Wᵀ + bias, one dispatch per weight part. Decode reads W once with 4-token blocks; prefill reuses
     /// each loaded weight across a 64-token tile.
-    pub(crate) fn record_linear(&mut self, x: &GpuTensor, w: &GpuMatrix, bias: Option<&GpuVector>) -> Result<GpuTensor> {
+    pub(crate) fn record_linear(
+        &mut self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        bias: Option<&GpuVector>,
+    ) -> Result<GpuTensor> {
         if x.cols != w.cols {
             bail!("linear: {} input columns for a weight of {}", x.cols, w.cols);
         }
@@ -221,7 +228,9 @@ impl Backend for WgpuBackend {
     }
 
     fn upload_vector(&mut self, w: HostTensor) -> Result<GpuVector> {
-        let buf = self.buffers.upload(&self.gpu, bytemuck::cast_slice(&w.data), "a vector")?;
+        let buf = self
+            .buffers
+            .upload(&self.gpu, bytemuck::cast_slice(&w.data), "a vector")?;
         Ok(GpuVector { buf })
     }
 

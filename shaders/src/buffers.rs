@@ -102,7 +102,13 @@ impl Buffers {
     }
 
     /// A new buffer of `size` bytes.
-    pub fn create(&mut self, device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> Arc<GpuBuffer> {
+    pub fn create(
+        &mut self,
+        device: &wgpu::Device,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Arc<GpuBuffer> {
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,

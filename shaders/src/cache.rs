@@ -50,7 +50,12 @@ pub(crate) fn kv_values_per_word(kv: KvDtype) -> usize {
 }
 
 impl WgpuBackend {
-    pub(crate) fn create_cache(&mut self, spec: &ModelSpec, slots: usize, pool_tokens: Option<usize>) -> Result<WgpuCache> {
+    pub(crate) fn create_cache(
+        &mut self,
+        spec: &ModelSpec,
+        slots: usize,
+        pool_tokens: Option<usize>,
+    ) -> Result<WgpuCache> {
         check_kernel_limits(spec)?;
         let context = self.context.min(spec.max_position_embeddings);
         let max = self.gpu.max_binding();

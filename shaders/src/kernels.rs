@@ -175,11 +175,7 @@ impl Op {
     /// at binding 1 from the weight prelude.
     fn body(self) -> (&'static str, &'static str, &'static [Access]) {
         match self {
-            Op::Embed => (
-                include_str!("../wgsl/embed.wgsl"),
-                "main",
-                &[Uniform, Read, Read, Rw],
-            ),
+            Op::Embed => (include_str!("../wgsl/embed.wgsl"), "main", &[Uniform, Read, Read, Rw]),
             Op::RmsNorm => (
                 include_str!("../wgsl/rms_norm.wgsl"),
                 "main",
@@ -195,11 +191,7 @@ impl Op {
                 "main",
                 &[Uniform, Read, Read, Read, Rw],
             ),
-            Op::Rope => (
-                include_str!("../wgsl/rope.wgsl"),
-                "main",
-                &[Uniform, Rw, Read, Read],
-            ),
+            Op::Rope => (include_str!("../wgsl/rope.wgsl"), "main", &[Uniform, Rw, Read, Read]),
             Op::KvWrite => (
                 concat!(
                     include_str!("../wgsl/kv_write.wgsl"),

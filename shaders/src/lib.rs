@@ -43,7 +43,10 @@ mod tests {
         assert!(pages.contains(&format!("const PAGE_TABLES: u32 = {MAX_STEP_TOKENS}u;")));
         let attention = include_str!("../wgsl/attention_common.wgsl");
         assert!(attention.contains(&format!("const MAX_HEAD_DIM: u32 = {MAX_HEAD_DIM}u;")));
-        for router in [include_str!("../wgsl/router.wgsl"), include_str!("../wgsl/moe_group.wgsl")] {
+        for router in [
+            include_str!("../wgsl/router.wgsl"),
+            include_str!("../wgsl/moe_group.wgsl"),
+        ] {
             assert!(router.contains(&format!("const MAX_EXPERTS: u32 = {MAX_EXPERTS}u;")));
         }
     }

@@ -69,7 +69,13 @@ fn max_expert_tiles(assignments: usize, experts: usize) -> usize {
 }
 
 impl WgpuBackend {
-    pub(crate) fn record_moe(&mut self, x: &GpuTensor, w: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Result<GpuTensor> {
+    pub(crate) fn record_moe(
+        &mut self,
+        x: &GpuTensor,
+        w: &MoeExperts<Self>,
+        spec: &MoeSpec,
+        layer: usize,
+    ) -> Result<GpuTensor> {
         let (t, e) = (x.rows, spec.n_experts);
         let logits = self.record_linear(x, &w.router, w.router_bias.as_ref())?;
         let r = &spec.router;
@@ -190,7 +196,13 @@ impl WgpuBackend {
             n_experts: e as u32,
             max_tiles: max_tiles as u32,
         };
-        self.dispatch(Op::MoeGroup, None, &params, &[&r.chosen, &r.counts, groups.buf()], [1, 1, 1])?;
+        self.dispatch(
+            Op::MoeGroup,
+            None,
+            &params,
+            &[&r.chosen, &r.counts, groups.buf()],
+            [1, 1, 1],
+        )?;
         let act = self.tensor(assignments, i);
         let shape = [t, max_k, e];
         let activation = Some(Activation::of(spec));

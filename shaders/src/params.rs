@@ -212,8 +212,14 @@ mod tests {
         let mut fields = Vec::new();
         for m in members {
             let scalar = match module.types[m.ty].inner {
-                TypeInner::Scalar(NagaScalar { kind: ScalarKind::Uint, width: 4 }) => Scalar::U32,
-                TypeInner::Scalar(NagaScalar { kind: ScalarKind::Float, width: 4 }) => Scalar::F32,
+                TypeInner::Scalar(NagaScalar {
+                    kind: ScalarKind::Uint,
+                    width: 4,
+                }) => Scalar::U32,
+                TypeInner::Scalar(NagaScalar {
+                    kind: ScalarKind::Float,
+                    width: 4,
+                }) => Scalar::F32,
                 ref other => return Err(format!("field {:?} has type {other:?}", m.name)),
             };
             let name = m.name.clone().unwrap_or_default();
@@ -247,10 +253,14 @@ mod tests {
             }
         }
         if span != size {
-            out.push(format!("{op:?}: the shader's Params takes {span} bytes, the Rust struct {size}"));
+            out.push(format!(
+                "{op:?}: the shader's Params takes {span} bytes, the Rust struct {size}"
+            ));
         }
         if size as u64 > PARAMS_STRIDE {
-            out.push(format!("{op:?}: {size} bytes of parameters, more than a ring slot ({PARAMS_STRIDE})"));
+            out.push(format!(
+                "{op:?}: {size} bytes of parameters, more than a ring slot ({PARAMS_STRIDE})"
+            ));
         }
         out
     }
@@ -268,7 +278,13 @@ mod tests {
                 vec![None]
             };
             for format in formats {
-                for features in [KernelFeatures::default(), KernelFeatures { subgroups: true, shader_f16: true }] {
+                for features in [
+                    KernelFeatures::default(),
+                    KernelFeatures {
+                        subgroups: true,
+                        shader_f16: true,
+                    },
+                ] {
                     for kv in KvDtype::ALL {
                         problems.extend(mismatches(op, &op.source(format, features, kv)));
                         checked += 1;

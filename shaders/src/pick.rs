@@ -16,7 +16,9 @@ impl WgpuBackend {
         let (rows, vocab) = (logits.rows, logits.cols);
         let penalized: Vec<u32> = picks.iter().flat_map(|p| p.penalized.iter().copied()).collect();
         let device = &self.gpu.device;
-        let pen = self.buffers.dedicated(device, "pick-penalized", (penalized.len() * 4) as u64);
+        let pen = self
+            .buffers
+            .dedicated(device, "pick-penalized", (penalized.len() * 4) as u64);
         if !penalized.is_empty() {
             self.gpu
                 .queue

@@ -81,7 +81,12 @@ impl Recorder {
         groups: [u32; 3],
     ) -> Result<()> {
         if kernel.bindings != buffers.len() + 1 {
-            bail!("{}: {} buffers bound, the kernel has {} bindings", kernel.label, buffers.len(), kernel.bindings - 1);
+            bail!(
+                "{}: {} buffers bound, the kernel has {} bindings",
+                kernel.label,
+                buffers.len(),
+                kernel.bindings - 1
+            );
         }
         if (self.params.len() as u64 + PARAMS_STRIDE) > self.ring.buffer.size() {
             self.flush(gpu)?;

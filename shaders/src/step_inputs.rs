@@ -69,7 +69,13 @@ impl StepBuffers {
 
     /// Makes room for `entries` page-table entries after the step's sequence slots; true when the buffer
     /// was replaced (the tables it held are gone).
-    pub fn hold_page_tables(&mut self, gpu: &Gpu, buffers: &mut Buffers, recorder: &mut Recorder, entries: usize) -> Result<bool> {
+    pub fn hold_page_tables(
+        &mut self,
+        gpu: &Gpu,
+        buffers: &mut Buffers,
+        recorder: &mut Recorder,
+        entries: usize,
+    ) -> Result<bool> {
         let bytes = ((MAX_STEP_TOKENS + entries) * 4) as u64;
         if bytes <= self.seqs.buffer.size() {
             return Ok(false);

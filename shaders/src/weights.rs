@@ -90,7 +90,9 @@ impl WgpuBackend {
                 WeightDtype::Bf16 => packed_halves(data, |v| half::bf16::from_f32(v).to_bits()),
                 WeightDtype::Fp8 => fp8_buffer(data, &shape),
             };
-            let buf = self.buffers.upload(&self.gpu, &bytes, &format!("a {n}x{cols} weight"))?;
+            let buf = self
+                .buffers
+                .upload(&self.gpu, &bytes, &format!("a {n}x{cols} weight"))?;
             parts.push(WeightPart {
                 buf,
                 first_row,

@@ -3,18 +3,16 @@
 //! take what the engine, the loader and the store sent; nothing here waits on them.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use volt_runtime::backend::LayerRouting;
 use volt_runtime::chat_template::ChatMessage;
 use volt_runtime::engine::{Event, KvUsage};
-use volt_runtime::generate::{FinishReason, GenerateOptions};
+use volt_runtime::generate::FinishReason;
 use volt_runtime::routing_stats::{LayerStats, RoutingAccumulator};
-use volt_runtime::sampler::SamplingParams;
-use volt_runtime::{hf_config::HfConfig, models, Result};
+use volt_runtime::Result;
 
 pub use super::saved::{Conversation, Finish, Message, ReplyInfo, Role, Sampling, Settings};
 use super::store::Store;
@@ -26,7 +24,6 @@ pub const SLOTS: usize = 2;
 /// Unsaved changes (typing, a streaming reply) reach the disk within this long.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 pub const NEW_TITLE: &str = "New chat";
-
 
 pub struct Loading {
     pub dir: PathBuf,

@@ -128,7 +128,13 @@ pub trait Backend: WeightTypes + Sized {
     fn swiglu(&mut self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
     /// Routes each row to its experts on the backend and returns the weighted sum of their outputs.
     /// `layer` labels the routing trace.
-    fn moe(&mut self, x: &Self::Tensor, weights: &MoeExperts<Self>, spec: &MoeSpec, layer: usize) -> Result<Self::Tensor>;
+    fn moe(
+        &mut self,
+        x: &Self::Tensor,
+        weights: &MoeExperts<Self>,
+        spec: &MoeSpec,
+        layer: usize,
+    ) -> Result<Self::Tensor>;
     /// x[row] *= sigmoid(gate[row]) for a one-column gate.
     fn sigmoid_gate(&mut self, x: &mut Self::Tensor, gate: &Self::Tensor) -> Result<()>;
     fn add_assign(&mut self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;

@@ -3,8 +3,8 @@
 
 use crate::backend::Backend;
 use crate::checkpoint::HostTensor;
-use crate::error::Result;
 use crate::dtype::Precision;
+use crate::error::Result;
 use crate::kv::KvCache;
 use crate::spec::{AttnSpec, FfnSpec};
 use crate::step::{Step, MAX_STEP_TOKENS};
@@ -80,7 +80,13 @@ pub(super) fn attention_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec
 }
 
 /// `a` prefill tokens of sequence 0, then its decode token beside `b` prefill tokens of sequence 1.
-pub(super) fn attention_steps_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, a: usize, b: usize) -> Result<Vec<f32>> {
+pub(super) fn attention_steps_case<B: Backend>(
+    be: &mut B,
+    r: &mut Rng,
+    spec: AttnSpec,
+    a: usize,
+    b: usize,
+) -> Result<Vec<f32>> {
     let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
     let mut cache = be.new_cache(&model, 2, None)?;
     let sinks = if spec.sinks {
@@ -126,7 +132,12 @@ pub(super) fn attention_sliding_case<B: Backend>(be: &mut B, r: &mut Rng) -> Res
 /// Decode steps long enough for the wgpu backend's split attention: each sequence `s` is prefilled with
 /// `lens[s]` tokens (in chunks a step may hold), then one step decodes a token of every sequence. Returns the
 /// decode step's attention.
-pub(super) fn attention_decode_case<B: Backend>(be: &mut B, r: &mut Rng, spec: AttnSpec, lens: &[usize]) -> Result<Vec<f32>> {
+pub(super) fn attention_decode_case<B: Backend>(
+    be: &mut B,
+    r: &mut Rng,
+    spec: AttnSpec,
+    lens: &[usize],
+) -> Result<Vec<f32>> {
     let model = one_layer_spec(spec.clone(), FfnSpec::Dense { intermediate: 1 }, 1);
     let mut cache = be.new_cache(&model, lens.len(), None)?;
     let sinks = if spec.sinks {

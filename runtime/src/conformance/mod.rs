@@ -96,7 +96,13 @@ pub(crate) fn one_layer_spec(attn: AttnSpec, ffn: FfnSpec, hidden: usize) -> Mod
     }
 }
 
-pub(crate) fn attn_spec(window: Option<usize>, heads: usize, kv_heads: usize, head_dim: usize, sinks: bool) -> AttnSpec {
+pub(crate) fn attn_spec(
+    window: Option<usize>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    sinks: bool,
+) -> AttnSpec {
     AttnSpec {
         kind: window.map_or(AttnKind::Full, |window| AttnKind::Sliding { window }),
         n_heads: heads,

@@ -2,15 +2,21 @@
 //! select-then-score router with biases and clamped activation, in decode and grouped prefill shapes.
 
 use crate::backend::Backend;
-use crate::error::Result;
 use crate::backend::MoeExperts;
 use crate::dtype::Precision;
+use crate::error::Result;
 use crate::spec::{ExpertActivation, MoeSpec, RouterOrder, RouterSpec, Scoring, Selection};
 
 use super::ops::input;
 use super::Rng;
 
-pub(super) fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidden: usize, tokens: usize) -> Result<Vec<f32>> {
+pub(super) fn moe_case<B: Backend>(
+    be: &mut B,
+    r: &mut Rng,
+    spec: MoeSpec,
+    hidden: usize,
+    tokens: usize,
+) -> Result<Vec<f32>> {
     let (e, i) = (spec.n_experts, spec.expert_intermediate);
     let experts = MoeExperts::<B> {
         router: be.upload_matrix(r.tensor(&[e, hidden], 1.5), Precision::Full)?,
@@ -47,7 +53,13 @@ pub(super) fn moe_case<B: Backend>(be: &mut B, r: &mut Rng, spec: MoeSpec, hidde
     Ok(out)
 }
 
-pub(super) fn moe_spec(e: usize, i: usize, router: RouterSpec, activation: ExpertActivation, expert_bias: bool) -> MoeSpec {
+pub(super) fn moe_spec(
+    e: usize,
+    i: usize,
+    router: RouterSpec,
+    activation: ExpertActivation,
+    expert_bias: bool,
+) -> MoeSpec {
     MoeSpec {
         n_experts: e,
         expert_intermediate: i,
@@ -58,7 +70,13 @@ pub(super) fn moe_spec(e: usize, i: usize, router: RouterSpec, activation: Exper
     }
 }
 
-pub(super) fn router(scoring: Scoring, order: RouterOrder, selection: Selection, renormalize: bool, bias: bool) -> RouterSpec {
+pub(super) fn router(
+    scoring: Scoring,
+    order: RouterOrder,
+    selection: Selection,
+    renormalize: bool,
+    bias: bool,
+) -> RouterSpec {
     RouterSpec {
         scoring,
         order,

@@ -3,8 +3,8 @@
 
 use crate::backend::Backend;
 use crate::checkpoint::HostTensor;
-use crate::error::Result;
 use crate::dtype::Precision;
+use crate::error::Result;
 use crate::rope::RopeTable;
 use crate::sampler::{Pick, Sampler, SamplingParams};
 use crate::spec::{RopeScaling, RopeSpec};
@@ -12,7 +12,14 @@ use crate::step::Step;
 
 use super::Rng;
 
-pub(super) fn linear_case<B: Backend>(be: &mut B, r: &mut Rng, t: usize, k: usize, out: usize, bias: bool) -> Result<Vec<f32>> {
+pub(super) fn linear_case<B: Backend>(
+    be: &mut B,
+    r: &mut Rng,
+    t: usize,
+    k: usize,
+    out: usize,
+    bias: bool,
+) -> Result<Vec<f32>> {
     let w = be.upload_matrix(r.tensor(&[out, k], 0.5), Precision::Storage)?;
     let bias = if bias {
         Some(be.upload_vector(r.tensor(&[out], 1.0))?)

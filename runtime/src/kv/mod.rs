@@ -46,7 +46,13 @@ impl KvSlots {
     /// Bookkeeping for `slots` sequences of up to `context` positions (fewer when the pool is smaller). The
     /// full layers' pool holds `pool_tokens` positions (default: every slot's whole context); sliding layers
     /// keep `ring_extra` positions beyond their window (see `Ring::new`).
-    pub fn new(spec: &ModelSpec, slots: usize, context: usize, pool_tokens: Option<usize>, ring_extra: usize) -> KvSlots {
+    pub fn new(
+        spec: &ModelSpec,
+        slots: usize,
+        context: usize,
+        pool_tokens: Option<usize>,
+        ring_extra: usize,
+    ) -> KvSlots {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let paged = paged_kv_dims(spec).next().is_some();
         let pages = PagePool::new(slots, pool_tokens.unwrap_or(slots * context), paged);
