@@ -269,7 +269,8 @@ impl Op {
     /// Code shared between kernels, built in ahead of the kernel's own (after the weight prelude).
     fn shared(self) -> &'static [&'static str] {
         match self {
-            Op::MatmulTiled => &[GEMM_TILES],
+            Op::Matmul => &[MATMUL_COMMON],
+            Op::MatmulTiled => &[MATMUL_COMMON, GEMM_TILES],
             Op::MoeGateUp => &[MOE_ACTIVATION],
             Op::MoeExpertsTiled => &[GEMM_TILES, MOE_ACTIVATION],
             _ => &[],
@@ -323,6 +324,7 @@ const ATTENTION_SPLIT: &str = attention_kernel!("attention_split.wgsl");
 /// partials and the output.
 const SPLIT_BINDINGS: &[Access] = &[Uniform, Read, Read, Read, Read, Read, Read, Rw, Rw];
 const GEMM_TILES: &str = include_str!("../wgsl/gemm_tiles.wgsl");
+const MATMUL_COMMON: &str = include_str!("../wgsl/matmul_common.wgsl");
 const MOE_ACTIVATION: &str = include_str!("../wgsl/moe_activation.wgsl");
 
 /// Workgroups for a grid-stride loop over `n` elements (64 per workgroup).

@@ -1,25 +1,7 @@
-// y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]). W is read through the weight prelude (f32, f16, bf16, fp8).
-// One workgroup computes 4 outputs for 4 tokens: each weight value loaded serves 4 tokens, so decode
-// (t = 1) streams W once and prefill reads it t/4 times. 64 threads split k; `sum16_over_64` (subgroup
-// operations where the adapter has them, else a shared-memory tree) sums.
-// A matrix too large for one binding comes in row parts: this dispatch's W holds rows out_base.. of y.
-struct Params {
-    tokens: u32,
-    k: u32,
-    // rows of this part
-    outputs: u32,
-    has_bias: u32,
-    // columns of y (all parts)
-    out_stride: u32,
-    out_base: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// y = x · Wᵀ (+ bias) for decode and small steps (parameters and bindings in matmul_common.wgsl): one
+// workgroup computes 4 outputs for 4 tokens, so each weight value loaded serves 4 tokens; decode (t = 1)
+// streams W once and prefill reads it t/4 times. 64 threads split k; `sum16_over_64` (subgroup operations
+// where the adapter has them, else a shared-memory tree) sums.
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, lanes: Lanes) {

@@ -1,24 +1,6 @@
-// y[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]) for steps of many tokens (prefill): one workgroup per 64
-// tokens x 64 outputs through the tiled core (gemm_tiles.wgsl), so each weight value loaded from memory
-// serves 64 tokens. Same parameters as matmul.wgsl: a matrix too large for one binding comes in row parts,
-// and this dispatch's W holds rows out_base.. of y.
-struct Params {
-    tokens: u32,
-    k: u32,
-    // rows of this part
-    outputs: u32,
-    has_bias: u32,
-    // columns of y (all parts)
-    out_stride: u32,
-    out_base: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// y = x · Wᵀ (+ bias) for steps of many tokens (prefill; parameters and bindings in matmul_common.wgsl): one
+// workgroup per 64 tokens x 64 outputs through the tiled core (gemm_tiles.wgsl), so each weight value
+// loaded from memory serves 64 tokens.
 
 var<private> t0: u32;
 var<private> o0: u32;
