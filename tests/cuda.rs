@@ -174,11 +174,7 @@ fn fp8_perplexity_is_within_2_percent_of_bf16_on_the_shipped_model() {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/volt-tiny");
     let text = std::fs::read_to_string(common::fixtures_root().join("text/moby_dick_ch1.txt")).unwrap();
-    let ids = Tokenizer::from_dir(&dir)
-        .unwrap()
-        .unwrap()
-        .encode(&text, false)
-        .unwrap();
+    let ids = Tokenizer::open(&dir).unwrap().unwrap().encode(&text, false).unwrap();
     let ppl = |dtype| {
         let backend = CudaBackend::new(Device::open().unwrap(), dtype, 4096).unwrap();
         let mut session = BackendSession::load(backend, &dir, 1).unwrap();

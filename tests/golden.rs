@@ -209,11 +209,11 @@ fn routing_matches_the_reference_expert_for_expert() {
     assert!(checked >= 2, "no fixture with reference routing");
 }
 
-/// Block-scaled FP8 checkpoints load as stored: dequantizing with the `weight_scale_inv` blocks and
-/// quantizing again (what `--dtype fp8`, the default for them, does at upload) gives back the checkpoint's
-/// own codes and scales, so Volt runs the published FP8 weights, not a requantized approximation.
+/// Block-scaled FP8 checkpoints load as stored: a weight comes out as the checkpoint's own codes and
+/// `weight_scale_inv` blocks, so Volt runs the published FP8 weights; and quantizing what they decode to
+/// gives back the same bytes, so `--dtype fp8` over a widened copy loses nothing either.
 #[test]
-fn fp8_checkpoints_requantize_to_their_own_bytes() {
+fn fp8_checkpoints_load_as_their_own_bytes() {
     for fixture in ["qwen3_fp8", "qwen3_moe_fp8"] {
         let ck = Checkpoint::open(&fixtures_root().join(fixture)).unwrap();
         assert_eq!(ck.storage_dtype(), WeightDtype::Fp8, "{fixture}");
@@ -228,7 +228,14 @@ fn fp8_checkpoints_requantize_to_their_own_bytes() {
             let scales = ck
                 .f32(&format!("{name}_scale_inv"), &[grid.row_blocks(), grid.col_blocks()])
                 .unwrap();
-            let (requantized, rescaled) = fp8::quantize(&ck.f32(name, &shape).unwrap().data, grid);
+            let stored = ck.tensor(name, &shape).unwrap();
+            assert_eq!(stored.dtype, WeightDtype::Fp8, "{fixture} {name}");
+            assert_eq!(
+                (stored.bytes(), stored.scales()),
+                (codes, &scales.data[..]),
+                "{fixture} {name}"
+            );
+            let (requantized, rescaled) = fp8::quantize(&stored.to_f32(), grid);
             assert_eq!(requantized, codes, "{fixture} {name}: codes differ");
             assert_eq!(rescaled, scales.data, "{fixture} {name}: scales differ");
             checked += 1;

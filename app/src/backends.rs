@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use volt_runtime::backend::cpu::CpuBackend;
-use volt_runtime::backend::Backend;
+use volt_runtime::backend::{kept_dtype, Backend};
 use volt_runtime::checkpoint::Checkpoint;
 use volt_runtime::dtype::{KvDtype, Precision, WeightDtype};
 use volt_runtime::hf_config::HfConfig;
@@ -122,13 +122,14 @@ impl BackendKind {
         }
     }
 
-    /// Bytes one weight of a matrix kept at `precision` takes when the bulk is kept in `dtype`: what
-    /// `Backend::bytes_per_weight` of the opened backend says.
+    /// Bytes one weight of a matrix kept at `precision` takes when the bulk is stored in `dtype`: the CPU
+    /// computes from every dtype, the GPU kernels from f32, f16, bf16 and FP8 (`backend::kept_dtype`).
     pub fn bytes_per_weight(self, dtype: WeightDtype, precision: Precision) -> f64 {
-        match self {
-            BackendKind::Cpu => CpuBackend::new(dtype).bytes_per_weight(precision),
-            BackendKind::Wgpu | BackendKind::Cuda => dtype.for_precision(precision).bytes(),
-        }
+        let decodes = match self {
+            BackendKind::Cpu => None,
+            BackendKind::Wgpu | BackendKind::Cuda => Some(&WeightDtype::ALL[..]),
+        };
+        kept_dtype(Some(dtype), precision, dtype, decodes).bytes()
     }
 
     /// Loads the model in `dir` with `slots` sequence slots; the full-attention layers' KV page pool holds
@@ -141,8 +142,7 @@ impl BackendKind {
         slots: usize,
         pool_tokens: Option<usize>,
     ) -> Result<Box<dyn Session + Send>> {
-        let dtype = dtypes.weights(dir)?;
-        let kv = dtypes.kv.unwrap_or(self.default_kv_dtype());
+        let (dtype, kv) = (dtypes.weights, dtypes.kv.unwrap_or(self.default_kv_dtype()));
         match self {
             BackendKind::Cpu => load(CpuBackend::new(dtype).with_kv_dtype(kv), dir, slots, pool_tokens),
             BackendKind::Wgpu => {
@@ -194,8 +194,9 @@ pub struct MemoryEstimate {
     pub context: usize,
 }
 
-/// `--dtype` and `--kv-dtype`: the weights' and the KV cache's precision. Unset, weights stay in the
-/// checkpoint's own precision and the KV cache in the backend's (`BackendKind::default_kv_dtype`).
+/// `--dtype` and `--kv-dtype`: the weights' and the KV cache's precision. Unset, weights stay as published
+/// (each tensor in its own dtype, where the backend decodes it) and the KV cache in the backend's
+/// (`BackendKind::default_kv_dtype`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Dtypes {
     pub weights: Option<WeightDtype>,
@@ -210,7 +211,7 @@ impl Dtypes {
         })
     }
 
-    /// The weight dtype for the model in `dir`: `--dtype`, else the checkpoint's own.
+    /// The weight dtype for the model in `dir`: `--dtype`, else the one most of the checkpoint is stored in.
     pub fn weights(&self, dir: &Path) -> Result<WeightDtype> {
         match self.weights {
             Some(d) => Ok(d),

@@ -35,10 +35,10 @@ impl ChatModel {
         mut stage: impl FnMut(&str),
     ) -> Result<ChatModel> {
         stage("reading the tokenizer and chat template");
-        let Some(tokenizer) = Tokenizer::from_dir(dir)? else {
+        let Some(tokenizer) = Tokenizer::open(dir)? else {
             bail!("{} has no tokenizer.json: chat needs one", dir.display())
         };
-        let Some(template) = ChatTemplate::from_dir(dir)? else {
+        let Some(template) = ChatTemplate::open(dir)? else {
             bail!("{} has no chat template", dir.display())
         };
         stage("loading the weights");

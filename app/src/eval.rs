@@ -17,7 +17,7 @@ fn open_with_text(flags: &Flags) -> Result<(Box<dyn Session>, Vec<u32>)> {
     };
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
     let dir = crate::model_path(flags.str("model"))?;
-    let Some(tokenizer) = Tokenizer::from_dir(&dir)? else {
+    let Some(tokenizer) = Tokenizer::open(&dir)? else {
         bail!("{} has no tokenizer.json: evaluating a text needs one", dir.display());
     };
     let ids = tokenizer.encode(&text, false)?;

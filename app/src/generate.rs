@@ -49,7 +49,7 @@ pub fn generate(args: &[String]) -> Result<()> {
         &["chat", "json", "ignore-eos"],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let tokenizer = Tokenizer::open(&dir)?;
     let prompt = prompt_ids(&flags, &dir, tokenizer.as_ref())?;
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
@@ -127,7 +127,7 @@ fn prompt_ids(flags: &Flags, dir: &Path, tokenizer: Option<&Tokenizer>) -> Resul
                 bail!("empty input: --prompt is empty");
             }
             if flags.has("chat") {
-                let Some(template) = ChatTemplate::from_dir(dir)? else {
+                let Some(template) = ChatTemplate::open(dir)? else {
                     bail!(
                         "{} has no chat template (chat_template.jinja or tokenizer_config.json)",
                         dir.display()

@@ -31,8 +31,9 @@ pub fn info(args: &[String]) -> Result<()> {
     };
     let mut report = report(&spec, context, kv);
     // The precision the weights are published in (a config file alone has none).
-    let folder = if path.is_dir() { Some(path.as_path()) } else { None };
-    report["dtype"] = match folder.map(volt_runtime::checkpoint::Checkpoint::open) {
+    let checkpoint = path.is_dir() || volt_runtime::checkpoint::is_gguf(&path);
+    let weights = if checkpoint { Some(path.as_path()) } else { None };
+    report["dtype"] = match weights.map(volt_runtime::checkpoint::Checkpoint::open) {
         Some(Ok(ck)) => json!(ck.storage_dtype().name()),
         _ => Value::Null,
     };

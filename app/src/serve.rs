@@ -45,10 +45,10 @@ pub fn serve(args: &[String]) -> Result<()> {
         &[],
     )?;
     let dir = crate::model_path(flags.str("model"))?;
-    let Some(tokenizer) = Tokenizer::from_dir(&dir)? else {
+    let Some(tokenizer) = Tokenizer::open(&dir)? else {
         bail!("{} has no tokenizer.json: the server takes text", dir.display())
     };
-    let template = ChatTemplate::from_dir(&dir)?;
+    let template = ChatTemplate::open(&dir)?;
     let host = flags.str("host").unwrap_or("127.0.0.1").to_string();
     let port: u16 = flags.get_or("port", 8080)?;
     let slots: usize = flags.get_or("slots", 4)?;

@@ -11,7 +11,7 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
-use volt_runtime::backend::{pick_on_host, Backend, LayerRouting, MoeExperts, WeightTypes};
+use volt_runtime::backend::{pick_on_host, Backend, LayerRouting, MoeExperts, WeightAccounting, WeightTypes};
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::dtype::{KvDtype, Precision, WeightDtype};
 use volt_runtime::error::Error;
@@ -19,6 +19,7 @@ use volt_runtime::rope::RopeTable;
 use volt_runtime::sampler::Pick;
 use volt_runtime::spec::{AttnSpec, ModelSpec, MoeSpec};
 use volt_runtime::step::{Step, MAX_STEP_TOKENS};
+use volt_runtime::tensor::StoredTensor;
 use volt_runtime::{bail, Result};
 
 use crate::attention::CudaCache;
@@ -61,12 +62,15 @@ pub struct CudaBackend {
     pub(crate) stream: Arc<CudaStream>,
     device_name: String,
     arch: String,
-    pub(crate) dtype: WeightDtype,
+    /// `--dtype`; None keeps each matrix as published where the kernels decode it.
+    pub(crate) dtype: Option<WeightDtype>,
+    /// FP8 tensor cores (sm_89 or newer) for FP8 weights.
+    pub(crate) fp8_capable: bool,
     pub(crate) context: usize,
     functions: HashMap<&'static str, CudaFunction>,
     step: Option<StepInputs>,
     pub(crate) routing: Option<Vec<LayerRouting>>,
-    pub(crate) weight_bytes: u64,
+    pub(crate) weights: WeightAccounting,
     pub(crate) cache_bytes: u64,
 }
 
@@ -76,8 +80,9 @@ pub(crate) fn driver_error(e: cudarc::driver::DriverError) -> Error {
 
 impl CudaBackend {
     /// Compiles (or loads from the disk cache) every kernel for the device and starts a backend that keeps
-    /// weights in `dtype` and up to `context` positions per sequence.
-    pub fn new(device: Device, dtype: WeightDtype, context: usize) -> Result<CudaBackend> {
+    /// weights in `dtype` (None: as published) and up to `context` positions per sequence.
+    pub fn new(device: Device, dtype: impl Into<Option<WeightDtype>>, context: usize) -> Result<CudaBackend> {
+        let dtype = dtype.into();
         if device.capability < (8, 0) {
             bail!(
                 "{} (compute capability {}.{}) is older than sm_80",
@@ -86,7 +91,8 @@ impl CudaBackend {
                 device.capability.1
             );
         }
-        if dtype == WeightDtype::Fp8 && device.capability < (8, 9) {
+        let fp8_capable = device.capability >= (8, 9);
+        if dtype == Some(WeightDtype::Fp8) && !fp8_capable {
             bail!(
                 "--dtype fp8 needs FP8 tensor cores (sm_89 or newer); use --dtype bf16 on {}",
                 device.name
@@ -114,11 +120,12 @@ impl CudaBackend {
             device_name: device.name,
             arch,
             dtype,
+            fp8_capable,
             context,
             functions,
             step: None,
             routing: None,
-            weight_bytes: 0,
+            weights: WeightAccounting::default(),
             cache_bytes: 0,
         })
     }
@@ -227,7 +234,7 @@ impl Backend for CudaBackend {
             "cuda ({}, {}, {} weights, f32 activations, f16 KV)",
             self.device_name,
             self.arch,
-            self.dtype.name()
+            self.weights.describe()
         )
     }
 
@@ -235,21 +242,21 @@ impl Backend for CudaBackend {
         KvDtype::F16
     }
 
-    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<CudaMatrix> {
-        let dtype = self.dtype.for_precision(precision);
-        self.upload_weight(w, dtype, false)
+    fn upload_matrix(&mut self, w: StoredTensor, precision: Precision) -> Result<CudaMatrix> {
+        self.upload_weight(w, precision, false)
     }
 
     fn upload_vector(&mut self, w: HostTensor) -> Result<CudaVector> {
-        self.weight_bytes += 4 * w.data.len() as u64;
+        self.weights
+            .add(Precision::Full, WeightDtype::F32, w.data.len(), 4 * w.data.len());
         Ok(CudaVector {
             len: w.data.len(),
             data: self.upload(&w.data)?,
         })
     }
 
-    fn upload_experts(&mut self, w: HostTensor) -> Result<CudaMatrix> {
-        self.upload_weight(w, self.dtype, true)
+    fn upload_experts(&mut self, w: StoredTensor) -> Result<CudaMatrix> {
+        self.upload_weight(w, Precision::Storage, true)
     }
 
     fn upload_rope(&mut self, table: RopeTable) -> Result<CudaRope> {
@@ -293,7 +300,7 @@ impl Backend for CudaBackend {
             WeightDtype::F32 => EMBED_F32,
             WeightDtype::F16 => EMBED_F16,
             WeightDtype::Bf16 => EMBED_BF16,
-            WeightDtype::Fp8 => bail!("CUDA: FP8 embedding tables are not supported (kept bf16)"),
+            other => bail!("CUDA: {} embedding tables are not supported", other.name()),
         };
         let step = self.step()?;
         let (rows, cols) = (step.rows, table.cols);
@@ -441,11 +448,11 @@ impl Backend for CudaBackend {
     }
 
     fn allocated_bytes(&self) -> u64 {
-        self.weight_bytes + self.cache_bytes
+        self.weights.total_bytes() + self.cache_bytes
     }
 
     fn bytes_per_weight(&self, precision: Precision) -> f64 {
-        self.dtype.for_precision(precision).bytes()
+        self.weights.bytes_per_weight(precision)
     }
 
     fn copy_bandwidth(&mut self) -> Result<f64> {

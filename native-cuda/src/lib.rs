@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
 use volt_runtime::backend::Backend;
-use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::conformance::{self, CaseResult};
 use volt_runtime::dtype::{Precision, WeightDtype};
 use volt_runtime::fp8::{self, BlockGrid};
 use volt_runtime::step::Step;
+use volt_runtime::tensor::StoredTensor;
 use volt_runtime::{bail, Result};
 
 pub use backend::CudaBackend;
@@ -110,8 +110,8 @@ pub fn gemm_relative_error(rows: usize, k: usize, out: usize, seed: u64) -> Resu
     let x_ref: Vec<f32> = x.chunks(k).flat_map(quantize_row_1x128).collect();
     let mut backend = CudaBackend::new(Device::open()?, WeightDtype::Fp8, 4096)?;
     // The activations enter as an f32 table looked up by row index.
-    let table = backend.upload_matrix(HostTensor::new(vec![rows, k], x), Precision::Full)?;
-    let weight = backend.upload_matrix(HostTensor::new(vec![out, k], w), Precision::Storage)?;
+    let table = backend.upload_matrix(StoredTensor::from_f32(vec![rows, k], &x), Precision::Full)?;
+    let weight = backend.upload_matrix(StoredTensor::from_f32(vec![out, k], &w), Precision::Storage)?;
     let ids: Vec<u32> = (0..rows as u32).collect();
     backend.begin_step(&Step::single(0, &ids, 0))?;
     let input = backend.embed(&table)?;

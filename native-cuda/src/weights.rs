@@ -7,10 +7,11 @@
 //! grouped per expert for MoE, `moe.rs`).
 
 use cudarc::driver::CudaSlice;
-use volt_runtime::checkpoint::HostTensor;
-use volt_runtime::dtype::WeightDtype;
+use volt_runtime::backend::kept_dtype;
+use volt_runtime::dtype::{Precision, WeightDtype};
 use volt_runtime::fp8::{self, BlockGrid};
-use volt_runtime::Result;
+use volt_runtime::tensor::StoredTensor;
+use volt_runtime::{bail, Result};
 
 use crate::backend::{CudaBackend, CudaTensor, CudaVector};
 use crate::kernels::{
@@ -59,27 +60,38 @@ pub(crate) struct QuantizedRows {
 }
 
 /// The matrix-vector kernel for a weight dtype.
-fn linear_kernel(dtype: WeightDtype) -> Kernel<LinearArgs> {
-    match dtype {
+fn linear_kernel(dtype: WeightDtype) -> Result<Kernel<LinearArgs>> {
+    Ok(match dtype {
         WeightDtype::F32 => LINEAR_F32,
         WeightDtype::F16 => LINEAR_F16,
         WeightDtype::Bf16 => LINEAR_BF16,
         WeightDtype::Fp8 => LINEAR_FP8,
-    }
+        other => bail!("CUDA: no kernel reads {} weights", other.name()),
+    })
 }
 
 /// The per-assignment expert kernel for a weight dtype.
-fn experts_kernel(dtype: WeightDtype) -> Kernel<ExpertsArgs> {
-    match dtype {
+fn experts_kernel(dtype: WeightDtype) -> Result<Kernel<ExpertsArgs>> {
+    Ok(match dtype {
         WeightDtype::F32 => EXPERTS_F32,
         WeightDtype::F16 => EXPERTS_F16,
         WeightDtype::Bf16 => EXPERTS_BF16,
         WeightDtype::Fp8 => EXPERTS_FP8,
-    }
+        other => bail!("CUDA: no kernel reads {} weights", other.name()),
+    })
 }
 
 impl CudaBackend {
-    pub(crate) fn upload_weight(&mut self, w: HostTensor, dtype: WeightDtype, experts: bool) -> Result<CudaMatrix> {
+    /// A matrix (or stacked experts, split into `experts` by the leading axis) kept at `precision`: f32, f16
+    /// and bf16 as stored, FP8 as codes with rows padded to 128 columns beside its block scales; the block
+    /// formats the kernels do not decode yet are widened to f16.
+    pub(crate) fn upload_weight(&mut self, w: StoredTensor, precision: Precision, experts: bool) -> Result<CudaMatrix> {
+        let dtype = kept_dtype(self.dtype, precision, w.dtype, Some(&WeightDtype::ALL));
+        if dtype == WeightDtype::Fp8 && !self.fp8_capable {
+            bail!("FP8 weights need FP8 tensor cores (sm_89 or newer); use --dtype bf16 on this GPU");
+        }
+        let w = w.convert(dtype)?;
+        self.weights.add(precision, dtype, w.len(), w.stored_bytes());
         let grid = BlockGrid::of(&w.shape);
         let n_experts = if experts { w.shape[0] } else { 1 };
         let rows = grid.groups * grid.rows / n_experts;
@@ -87,30 +99,18 @@ impl CudaBackend {
         let mut stride = cols;
         let mut scales = None;
         let bytes: Vec<u8> = match dtype {
-            WeightDtype::F32 => w.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            WeightDtype::F16 => w
-                .data
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            WeightDtype::Bf16 => w
-                .data
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                .collect(),
             WeightDtype::Fp8 => {
-                // The same codes and scales the CPU reference rounds through (`fp8::round_trip`).
-                let (codes, s) = fp8::quantize(&w.data, grid);
                 stride = cols.div_ceil(fp8::BLOCK) * fp8::BLOCK;
-                scales = Some(self.upload(&s)?);
+                scales = Some(self.upload(w.scales())?);
                 let mut padded = vec![0u8; grid.groups * grid.rows * stride];
-                for (dst, src) in padded.chunks_mut(stride).zip(codes.chunks(cols)) {
+                for (dst, src) in padded.chunks_mut(stride).zip(w.bytes().chunks(cols)) {
                     dst[..cols].copy_from_slice(src);
                 }
                 padded
             }
+            // f32, f16 and bf16 little-endian, as the kernels read them.
+            _ => w.bytes().to_vec(),
         };
-        self.weight_bytes += bytes.len() as u64 + scales.as_ref().map_or(0, |s| 4 * s.len() as u64);
         Ok(CudaMatrix {
             dtype,
             rows,
@@ -205,7 +205,7 @@ impl CudaBackend {
         };
         // 4 warps per block, one output row each, GEMV_ROWS rows of x per warp.
         let grid = (w.rows.div_ceil(4), x.rows.div_ceil(GEMV_ROWS));
-        self.launch(linear_kernel(w.dtype), grid, 128, &args)?;
+        self.launch(linear_kernel(w.dtype)?, grid, 128, &args)?;
         Ok(CudaTensor {
             rows: x.rows,
             cols: w.rows,
@@ -239,7 +239,7 @@ impl CudaBackend {
             group_rows: w.group_rows as i32,
             _pad: 0,
         };
-        self.launch(experts_kernel(w.dtype), (w.rows.div_ceil(4), assignments), 128, &args)?;
+        self.launch(experts_kernel(w.dtype)?, (w.rows.div_ceil(4), assignments), 128, &args)?;
         Ok(CudaTensor {
             rows: assignments,
             cols: w.rows,

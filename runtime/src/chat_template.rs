@@ -49,8 +49,9 @@ struct RenderContext<'a> {
 impl ChatTemplate {
     /// From a model folder: `chat_template.jinja` first, else `chat_template.json` ({"chat_template": ...}), else
     /// `tokenizer_config.json`'s `chat_template` (a string, or a list of {name, template} where "default" is
-    /// used). Ok(None) if there is none. bos/eos/unk strings come from tokenizer_config.json.
-    pub fn from_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
+    /// used); from a GGUF file: `tokenizer.chat_template`. Ok(None) if there is none. bos/eos/unk strings
+    /// come from tokenizer_config.json (the GGUF tokenizer's).
+    pub fn open(dir: &Path) -> Result<Option<ChatTemplate>> {
         let config = TokenizerConfig::load(dir)?;
         let Some((source, file)) = find_source(dir, &config)? else {
             return Ok(None);
@@ -120,7 +121,11 @@ fn find_source(dir: &Path, config: &TokenizerConfig) -> Result<Option<(String, P
     let Some(template) = &config.chat_template else {
         return Ok(None);
     };
-    let config_path = dir.join("tokenizer_config.json");
+    let config_path = if crate::checkpoint::is_gguf(dir) {
+        dir.to_path_buf()
+    } else {
+        dir.join("tokenizer_config.json")
+    };
     match template {
         serde_json::Value::String(source) => Ok(Some((source.clone(), config_path))),
         serde_json::Value::Array(named) => {
@@ -452,7 +457,7 @@ mod tests {
 
     #[test]
     fn fixture_matches_transformers() {
-        let template = ChatTemplate::from_dir(Path::new(FIXTURE))
+        let template = ChatTemplate::open(Path::new(FIXTURE))
             .unwrap()
             .expect("fixture has a chat template");
         let exp = &expected()["chat"];
@@ -484,7 +489,7 @@ mod tests {
 
     #[test]
     fn raise_exception_is_an_error_with_its_message() {
-        let template = ChatTemplate::from_dir(Path::new(FIXTURE)).unwrap().unwrap();
+        let template = ChatTemplate::open(Path::new(FIXTURE)).unwrap().unwrap();
         let err = template.render(&[msg("tool", "x")], true).unwrap_err();
         assert_eq!(err.message(), "chat template, line 4: Unknown role: tool");
         assert!(!err.to_string().contains('\n'));
@@ -557,18 +562,14 @@ mod tests {
     }
 
     #[test]
-    fn from_dir_sources_in_order() {
+    fn open_sources_in_order() {
         let dir = temp_dir("sources");
-        assert!(ChatTemplate::from_dir(&dir).unwrap().is_none());
+        assert!(ChatTemplate::open(&dir).unwrap().is_none());
 
         let config = r#"{"eos_token": "</s>", "chat_template": [{"name": "tool_use", "template": "tools"}, {"name": "default", "template": "config{{ eos_token }}"}]}"#;
         std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
         assert_eq!(
-            ChatTemplate::from_dir(&dir)
-                .unwrap()
-                .unwrap()
-                .render(&[], false)
-                .unwrap(),
+            ChatTemplate::open(&dir).unwrap().unwrap().render(&[], false).unwrap(),
             "config</s>"
         );
 
@@ -578,26 +579,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            ChatTemplate::from_dir(&dir)
-                .unwrap()
-                .unwrap()
-                .render(&[], false)
-                .unwrap(),
+            ChatTemplate::open(&dir).unwrap().unwrap().render(&[], false).unwrap(),
             "json</s>"
         );
 
         std::fs::write(dir.join("chat_template.jinja"), "jinja{{ eos_token }}\n").unwrap();
         assert_eq!(
-            ChatTemplate::from_dir(&dir)
-                .unwrap()
-                .unwrap()
-                .render(&[], false)
-                .unwrap(),
+            ChatTemplate::open(&dir).unwrap().unwrap().render(&[], false).unwrap(),
             "jinja</s>"
         );
 
         std::fs::write(dir.join("chat_template.jinja"), "{% if %}").unwrap();
-        let err = ChatTemplate::from_dir(&dir).err().unwrap();
+        let err = ChatTemplate::open(&dir).err().unwrap();
         let expected = "chat_template.jinja: chat template, line 1: syntax error";
         assert!(err.message().contains(expected), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -611,7 +604,7 @@ mod tests {
             r#"{"chat_template": [{"name": "rag", "template": "x"}]}"#,
         )
         .unwrap();
-        let err = ChatTemplate::from_dir(&dir).err().unwrap();
+        let err = ChatTemplate::open(&dir).err().unwrap();
         assert!(err.message().contains("default"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

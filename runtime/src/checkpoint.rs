@@ -1,11 +1,13 @@
 //! Safetensors checkpoints: one file or shards behind `model.safetensors.index.json`, memory-mapped, with
-//! every tensor's header read once at open. Tensors come out as f32 host tensors whatever the dtype on disk
-//! (f32, f16, bf16; FP8 E4M3 with its `_scale_inv` block scales; MXFP4 expert blocks through `mxfp4_f32`),
-//! after a check of their shape.
+//! every tensor's header read once at open. Weight matrices come out as stored (`tensor`: f32, f16 and bf16
+//! as views of the mapped file; FP8 E4M3 with its `_scale_inv` block scales; MXFP4 expert blocks repacked
+//! into ggml's MXFP4 blocks by `mxfp4`), vectors (norms, biases) as f32 host tensors (`f32`), each after a
+//! check of its shape.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
@@ -13,8 +15,11 @@ use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 use crate::bail;
 use crate::dtype::WeightDtype;
 use crate::error::{Error, Result, ResultExt};
+use crate::gguf_model::GgufModel;
+use crate::quant::BlockFormat;
+use crate::tensor::StoredTensor;
 
-/// A weight on the host, row-major, f32: the form every backend uploads from.
+/// A small tensor on the host, row-major, widened to f32: norm weights, biases, sinks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
     pub shape: Vec<usize>,
@@ -26,41 +31,122 @@ impl HostTensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         HostTensor { shape, data }
     }
-
-    /// Swap the last two axes of a tensor of shape (..., r, c).
-    pub fn transpose_last2(&self) -> HostTensor {
-        let n = self.shape.len();
-        let (r, c) = (self.shape[n - 2], self.shape[n - 1]);
-        let mut data = vec![0.0; self.data.len()];
-        for (src, dst) in self.data.chunks_exact(r * c).zip(data.chunks_exact_mut(r * c)) {
-            for i in 0..r {
-                for j in 0..c {
-                    dst[j * r + i] = src[i * c + j];
-                }
-            }
-        }
-        let mut shape = self.shape.clone();
-        shape.swap(n - 2, n - 1);
-        HostTensor { shape, data }
-    }
 }
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     /// Offset of the data section (after the 8-byte length and the JSON header).
     data_start: usize,
 }
 
-pub struct Checkpoint {
+/// A model's weights: the safetensors of a Hugging Face folder, or a GGUF file (read through
+/// `gguf_model.rs` under the same Hugging Face names).
+pub struct Checkpoint(Source);
+
+enum Source {
+    Safetensors(Safetensors),
+    Gguf(GgufModel),
+}
+
+/// Whether `path` names a GGUF file (a model given as one file, not a folder).
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+impl Checkpoint {
+    /// The weights of a model folder (its safetensors) or of a GGUF file.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        Ok(Checkpoint(if is_gguf(path) {
+            Source::Gguf(GgufModel::open(path)?)
+        } else {
+            Source::Safetensors(Safetensors::open(path)?)
+        }))
+    }
+
+    /// The safetensors, for what only they have (raw dtypes, FP8 and MXFP4 companions).
+    fn safetensors(&self, what: &str) -> Result<&Safetensors> {
+        match &self.0 {
+            Source::Safetensors(s) => Ok(s),
+            Source::Gguf(_) => bail!("{what} is read from safetensors only, and this model is a GGUF file"),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        match &self.0 {
+            Source::Safetensors(s) => s.tensors.contains_key(name),
+            Source::Gguf(g) => g.has(name),
+        }
+    }
+
+    /// A weight matrix as stored, after checking its shape.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<StoredTensor> {
+        match &self.0 {
+            Source::Safetensors(s) => s.tensor(name, shape),
+            Source::Gguf(g) => g.tensor(name, shape),
+        }
+    }
+
+    /// A vector (or another small float tensor) widened to f32, after checking its shape.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        match &self.0 {
+            Source::Safetensors(s) => s.f32(name, shape),
+            Source::Gguf(g) => g.vector(name, shape),
+        }
+    }
+
+    /// An optional vector: None when absent, an error when present with the wrong shape.
+    pub fn opt_f32(&self, name: &str, shape: &[usize]) -> Result<Option<HostTensor>> {
+        if self.has(name) {
+            self.f32(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The dtype that holds most of the weights' bytes: the precision they were published in. MXFP4 blocks
+    /// of safetensors count as bf16, the dtype GPT-OSS ships the rest in.
+    pub fn storage_dtype(&self) -> WeightDtype {
+        match &self.0 {
+            Source::Safetensors(s) => s.storage_dtype(),
+            Source::Gguf(g) => g.storage_dtype(),
+        }
+    }
+
+    /// Safetensors tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        match &self.0 {
+            Source::Safetensors(s) => s.names(),
+            Source::Gguf(_) => Vec::new(),
+        }
+    }
+
+    /// A safetensors tensor's shape.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.safetensors("a tensor's shape").ok()?.shape(name)
+    }
+
+    /// Raw bytes and dtype of a safetensors tensor after checking its shape.
+    pub fn bytes(&self, name: &str, shape: &[usize]) -> Result<(Dtype, &[u8])> {
+        self.safetensors("raw bytes")?.bytes(name, shape)
+    }
+
+    /// MXFP4 expert weights of safetensors (GPT-OSS), see `Safetensors::mxfp4`.
+    pub fn mxfp4(&self, blocks: &str, scales: &str, experts: usize, rows: usize, cols: usize) -> Result<StoredTensor> {
+        self.safetensors("MXFP4 expert blocks")?
+            .mxfp4(blocks, scales, experts, rows, cols)
+    }
+}
+
+struct Safetensors {
     shards: Vec<Shard>,
     tensors: HashMap<String, (usize, TensorInfo)>,
 }
 
-impl Checkpoint {
+impl Safetensors {
     /// Opens the safetensors of a model folder: the files listed by `model.safetensors.index.json` when there
     /// is one, else every `*.safetensors` in the folder.
-    pub fn open(dir: &Path) -> Result<Checkpoint> {
+    fn open(dir: &Path) -> Result<Safetensors> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
             shard_files_from_index(&index)?
@@ -93,11 +179,7 @@ impl Checkpoint {
             }
             shards.push(shard);
         }
-        Ok(Checkpoint { shards, tensors })
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        Ok(Safetensors { shards, tensors })
     }
 
     /// Every tensor name, sorted.
@@ -129,14 +211,6 @@ impl Checkpoint {
         [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Fp8][most]
     }
 
-    /// Total bytes of the tensor data on disk.
-    pub fn data_bytes(&self) -> u64 {
-        self.tensors
-            .values()
-            .map(|(_, i)| (i.data_offsets.1 - i.data_offsets.0) as u64)
-            .sum()
-    }
-
     fn info(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
         match self.tensors.get(name) {
             Some((shard, info)) => Ok((&self.shards[*shard], info)),
@@ -157,7 +231,7 @@ impl Checkpoint {
         ))
     }
 
-    /// A floating-point tensor as f32, after checking its shape.
+    /// A vector (or another small float tensor) widened to f32, after checking its shape.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let (dtype, bytes) = self.bytes(name, shape)?;
         let data = match dtype {
@@ -173,50 +247,49 @@ impl Checkpoint {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            Dtype::F8_E4M3 => return self.fp8_f32(name, shape, bytes),
-            other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F8_E4M3"),
+            other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
         };
         Ok(HostTensor::new(shape.to_vec(), data))
     }
 
-    /// An F8_E4M3 matrix dequantized with its block scales `{name}_scale_inv` ([ceil(rows/128), ceil(cols/128)],
+    /// A weight matrix as stored, after checking its shape: f32, f16 and bf16 as views of the mapped file,
+    /// F8_E4M3 with its block scales `{name}_scale_inv`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<StoredTensor> {
+        let (dtype, bytes) = self.bytes(name, shape)?;
+        let format = match dtype {
+            Dtype::F32 => BlockFormat::F32,
+            Dtype::F16 => BlockFormat::F16,
+            Dtype::BF16 => BlockFormat::Bf16,
+            Dtype::F8_E4M3 => {
+                let scales = self.fp8_scales(name, shape)?;
+                return StoredTensor::fp8(shape.to_vec(), bytes.to_vec(), scales);
+            }
+            other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F8_E4M3"),
+        };
+        let (shard, info) = self.info(name)?;
+        let start = shard.data_start + info.data_offsets.0;
+        StoredTensor::mapped(shape.to_vec(), format, shard.mmap.clone(), start, bytes.len())
+    }
+
+    /// The block scales of the F8_E4M3 matrix `name`: `{name}_scale_inv` ([ceil(rows/128), ceil(cols/128)],
     /// any float dtype), the layout of Hugging Face FP8 checkpoints.
-    fn fp8_f32(&self, name: &str, shape: &[usize], codes: &[u8]) -> Result<HostTensor> {
+    fn fp8_scales(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         if shape.len() != 2 {
             bail!("tensor `{name}` is F8_E4M3 with shape {shape:?}; block-scaled FP8 needs a matrix");
         }
         let grid = crate::fp8::BlockGrid::of(shape);
         let scale_name = format!("{name}_scale_inv");
-        if !self.has(&scale_name) {
+        if !self.tensors.contains_key(&scale_name) {
             bail!("tensor `{name}` is F8_E4M3 but its block scales `{scale_name}` are missing");
         }
-        let scales = self.f32(&scale_name, &[grid.row_blocks(), grid.col_blocks()])?;
-        Ok(HostTensor::new(
-            shape.to_vec(),
-            crate::fp8::dequantize(codes, &scales.data, grid),
-        ))
-    }
-
-    /// An optional tensor: None when absent, an error when present with the wrong shape.
-    pub fn opt_f32(&self, name: &str, shape: &[usize]) -> Result<Option<HostTensor>> {
-        if self.has(name) {
-            self.f32(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
+        Ok(self.f32(&scale_name, &[grid.row_blocks(), grid.col_blocks()])?.data)
     }
 
     /// MXFP4 expert weights (GPT-OSS): `blocks` u8 (E, R, C/32, 16) holds two FP4 E2M1 values per byte, the
-    /// low nibble first; `scales` u8 (E, R, C/32) holds one E8M0 exponent (bias 127) per 32 values.
-    /// Returns (E, R, C) in f32.
-    pub fn mxfp4_f32(
-        &self,
-        blocks: &str,
-        scales: &str,
-        experts: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<HostTensor> {
+    /// low nibble first; `scales` u8 (E, R, C/32) holds one E8M0 exponent (bias 127) per 32 values. Returns
+    /// (E, R, C) as ggml's MXFP4 blocks (the exponent byte, then values j and j + 16 in the low and high
+    /// nibbles of byte j): the same values, moved, not decoded.
+    pub fn mxfp4(&self, blocks: &str, scales: &str, experts: usize, rows: usize, cols: usize) -> Result<StoredTensor> {
         if cols % 32 != 0 {
             bail!("tensor `{blocks}`: {cols} columns is not a multiple of the MXFP4 block of 32");
         }
@@ -226,10 +299,13 @@ impl Checkpoint {
         if bd != Dtype::U8 || sd != Dtype::U8 {
             bail!("MXFP4 tensors `{blocks}` and `{scales}` must be U8, found {bd:?} and {sd:?}");
         }
-        Ok(HostTensor::new(
-            vec![experts, rows, cols],
-            crate::mxfp4::decode(block_bytes, scale_bytes),
-        ))
+        let mut out = Vec::with_capacity(scale_bytes.len() * 17);
+        for (paired, &e) in block_bytes.chunks_exact(16).zip(scale_bytes) {
+            let value = |i: usize| (paired[i / 2] >> (4 * (i % 2))) & 0x0f;
+            out.push(e);
+            out.extend((0..16).map(|j| value(j) | (value(j + 16) << 4)));
+        }
+        StoredTensor::owned(vec![experts, rows, cols], BlockFormat::Mxfp4, out)
     }
 }
 
@@ -257,7 +333,7 @@ fn shard_files_from_index(index: &Path) -> Result<Vec<String>> {
 fn open_shard(path: &Path) -> Result<(Shard, Metadata)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the file is only read; a checkpoint modified while mapped is outside what we can defend against.
-    let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let mmap = Arc::new(unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?);
     let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
         Error::msg(format!(
             "{} is not a valid safetensors file (truncated or corrupt): {e}",
@@ -274,10 +350,10 @@ fn open_shard(path: &Path) -> Result<(Shard, Metadata)> {
     ))
 }
 
-impl std::fmt::Debug for Checkpoint {
+impl std::fmt::Debug for Safetensors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let files: Vec<_> = self.shards.iter().map(|s| s.path.display().to_string()).collect();
-        f.debug_struct("Checkpoint")
+        f.debug_struct("Safetensors")
             .field("files", &files)
             .field("tensors", &self.tensors.len())
             .finish()

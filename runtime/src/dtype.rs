@@ -3,37 +3,46 @@
 //! read them from here.
 
 use crate::error::Result;
+use crate::quant::BlockFormat;
 
-/// Precision a backend keeps weights in. The CPU reference always computes in f32; lower dtypes round the
-/// weights at upload so results show what that storage costs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a weight matrix is stored: one of ggml's block formats (f32, f16 and bf16 among them), or E4M3 codes
+/// with one f32 scale per 128x128 block (Hugging Face FP8 checkpoints). Checkpoints publish it per tensor;
+/// `--dtype` asks a backend to keep the bulk of the matrices in one of them. The CPU reference computes from
+/// the stored format; a GPU backend keeps the formats its kernels decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightDtype {
-    F32,
-    F16,
-    Bf16,
+    Block(BlockFormat),
     /// E4M3 with one f32 scale per 128x128 block (`crate::fp8`).
     Fp8,
 }
 
+// Named like the variants they stand for, so the float dtypes read as before.
+#[allow(non_upper_case_globals)]
 impl WeightDtype {
+    pub const F32: WeightDtype = WeightDtype::Block(BlockFormat::F32);
+    pub const F16: WeightDtype = WeightDtype::Block(BlockFormat::F16);
+    pub const Bf16: WeightDtype = WeightDtype::Block(BlockFormat::Bf16);
+
+    /// The dtypes every backend's kernels compute from (the conformance suite's rows).
     pub const ALL: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Fp8];
 
     pub fn parse(name: &str) -> Result<WeightDtype> {
-        match name {
-            "f32" => Ok(WeightDtype::F32),
-            "f16" => Ok(WeightDtype::F16),
-            "bf16" => Ok(WeightDtype::Bf16),
-            "fp8" => Ok(WeightDtype::Fp8),
-            other => crate::bail!("unknown dtype `{other}` (expected f32, f16, bf16 or fp8)"),
+        if name == "fp8" {
+            return Ok(WeightDtype::Fp8);
+        }
+        match BlockFormat::ALL.into_iter().find(|f| f.name() == name) {
+            Some(f) => Ok(WeightDtype::Block(f)),
+            None => {
+                let names: Vec<&str> = BlockFormat::ALL.iter().map(|f| f.name()).collect();
+                crate::bail!("unknown dtype `{name}` (expected {} or fp8)", names.join(", "))
+            }
         }
     }
 
     /// The name `--dtype` takes.
     pub fn name(self) -> &'static str {
         match self {
-            WeightDtype::F32 => "f32",
-            WeightDtype::F16 => "f16",
-            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Block(f) => f.name(),
             WeightDtype::Fp8 => "fp8",
         }
     }
@@ -47,11 +56,10 @@ impl WeightDtype {
         }
     }
 
-    /// Bytes one stored weight takes (FP8 block scales add 4 bytes per 16384 weights).
+    /// Bytes one stored weight takes, scales included (FP8 block scales add 4 bytes per 16384 weights).
     pub fn bytes(self) -> f64 {
         match self {
-            WeightDtype::F32 => 4.0,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
+            WeightDtype::Block(f) => f.bits_per_value() / 8.0,
             WeightDtype::Fp8 => 1.0 + 4.0 / (crate::fp8::BLOCK * crate::fp8::BLOCK) as f64,
         }
     }

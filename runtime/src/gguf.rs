@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -82,7 +83,7 @@ pub struct TensorInfo {
 }
 
 pub struct GgufFile {
-    shards: Vec<(PathBuf, Mmap)>,
+    shards: Vec<(PathBuf, Arc<Mmap>)>,
     metadata: BTreeMap<String, Value>,
     tensors: BTreeMap<String, TensorInfo>,
 }
@@ -110,7 +111,7 @@ impl GgufFile {
             if i == 0 {
                 file.metadata = metadata;
             }
-            file.shards.push((p.clone(), mmap));
+            file.shards.push((p.clone(), Arc::new(mmap)));
         }
         if let Some(total) = file.metadata.get("split.tensors.count").and_then(Value::as_u64) {
             if total as usize != file.tensors.len() {
@@ -150,9 +151,12 @@ impl GgufFile {
         Ok((info, &mmap[info.start..info.start + info.len]))
     }
 
-    /// Bytes of tensor data over every shard.
-    pub fn data_bytes(&self) -> u64 {
-        self.tensors.values().map(|t| t.len as u64).sum()
+    /// A tensor's info and the mapped shard that holds its bytes (at `info.start..info.start + info.len`).
+    pub fn tensor_view(&self, name: &str) -> Result<(&TensorInfo, Arc<Mmap>)> {
+        let Some(info) = self.tensors.get(name) else {
+            bail!("tensor `{name}` is missing from the GGUF file");
+        };
+        Ok((info, self.shards[info.shard].1.clone()))
     }
 }
 

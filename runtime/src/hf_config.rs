@@ -16,8 +16,12 @@ pub struct HfConfig {
 }
 
 impl HfConfig {
-    /// Reads `config.json` from a model folder, or a config file named directly.
+    /// Reads `config.json` from a model folder, or a config file named directly; for a GGUF file, the
+    /// config its metadata stands for (`gguf_model.rs`).
     pub fn load(path: &Path) -> Result<HfConfig> {
+        if crate::checkpoint::is_gguf(path) {
+            return crate::gguf_model::GgufModel::open(path)?.config();
+        }
         let file = if path.is_dir() {
             path.join("config.json")
         } else {

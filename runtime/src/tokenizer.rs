@@ -1,5 +1,6 @@
-//! Text <-> token ids through a Hugging Face `tokenizer.json`, the special tokens named in
-//! `tokenizer_config.json`, and an incremental detokenizer for streaming output.
+//! Text <-> token ids through a Hugging Face `tokenizer.json` (or the tokenizer a GGUF file carries,
+//! `gguf_tokenizer.rs`), the special tokens named in `tokenizer_config.json`, and an incremental
+//! detokenizer for streaming output.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,7 +8,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bail;
+use crate::checkpoint::is_gguf;
 use crate::error::{Error, Result, ResultExt};
+use crate::gguf::{GgufFile, Value as Meta};
+use crate::gguf_tokenizer;
 
 /// A model folder's tokenizer: `tokenizer.json` plus the special tokens of `tokenizer_config.json`.
 /// Clones share one loaded tokenizer.
@@ -18,8 +22,27 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json` from a model folder; Ok(None) when the folder has none (commands taking ids still work).
-    pub fn from_dir(dir: &Path) -> Result<Option<Tokenizer>> {
+    /// The tokenizer of a model folder (`tokenizer.json`) or of a GGUF file; Ok(None) when it has none
+    /// (commands taking ids still work).
+    pub fn open(dir: &Path) -> Result<Option<Tokenizer>> {
+        if is_gguf(dir) {
+            let file = GgufFile::open(dir)?;
+            let Some(vocab) = gguf_tokenizer::read(&file).with_context(|| dir.display())? else {
+                return Ok(None);
+            };
+            let inner = tokenizers::Tokenizer::from_bytes(vocab.json.as_bytes())
+                .map_err(|e| Error::msg(format!("{}: its tokenizer could not be built: {e}", dir.display())))?;
+            let config = TokenizerConfig {
+                bos_token: vocab.bos,
+                eos_token: vocab.eos,
+                unk_token: vocab.unk,
+                chat_template: gguf_chat_template(&file),
+            };
+            return Ok(Some(Tokenizer {
+                inner: Arc::new(inner),
+                config: Arc::new(config),
+            }));
+        }
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Ok(None);
@@ -90,8 +113,18 @@ pub(crate) struct TokenizerConfig {
 }
 
 impl TokenizerConfig {
-    /// All fields empty when the folder has no tokenizer_config.json.
+    /// From a model folder's tokenizer_config.json (all fields empty without one), or a GGUF file's
+    /// metadata.
     pub(crate) fn load(dir: &Path) -> Result<TokenizerConfig> {
+        if is_gguf(dir) {
+            return Ok(match Tokenizer::open(dir)? {
+                Some(t) => (*t.config).clone(),
+                None => TokenizerConfig {
+                    chat_template: gguf_chat_template(&GgufFile::open(dir)?),
+                    ..TokenizerConfig::default()
+                },
+            });
+        }
         let path = dir.join("tokenizer_config.json");
         if !path.is_file() {
             return Ok(TokenizerConfig::default());
@@ -106,6 +139,13 @@ impl TokenizerConfig {
             chat_template: json.get("chat_template").filter(|t| !t.is_null()).cloned(),
         })
     }
+}
+
+/// `tokenizer.chat_template` of a GGUF file.
+fn gguf_chat_template(file: &GgufFile) -> Option<Value> {
+    file.get("tokenizer.chat_template")
+        .and_then(Meta::as_str)
+        .map(|t| Value::String(t.to_string()))
 }
 
 /// A special token is written either as a string or as an AddedToken object {"content": ...}.
@@ -200,7 +240,7 @@ mod tests {
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer_tiny");
 
     fn fixture() -> Tokenizer {
-        Tokenizer::from_dir(Path::new(FIXTURE))
+        Tokenizer::open(Path::new(FIXTURE))
             .unwrap()
             .expect("fixture has tokenizer.json")
     }
@@ -345,7 +385,7 @@ mod tests {
     fn stream_keeps_sentencepiece_spaces_and_byte_fallback() {
         let dir = temp_dir("sentencepiece");
         write_sentencepiece_tokenizer(&dir);
-        let tok = Tokenizer::from_dir(&dir).unwrap().unwrap();
+        let tok = Tokenizer::open(&dir).unwrap().unwrap();
         assert_eq!(tok.bos_token(), Some("<s>"));
         assert_eq!(tok.unk_token(), Some("<unk>"));
         assert_eq!(tok.eos_ids(), vec![2]);
@@ -376,7 +416,7 @@ mod tests {
     fn finish_flushes_an_incomplete_character() {
         let dir = temp_dir("finish");
         write_sentencepiece_tokenizer(&dir);
-        let tok = Tokenizer::from_dir(&dir).unwrap().unwrap();
+        let tok = Tokenizer::open(&dir).unwrap().unwrap();
         let mut stream = TextStream::new(&tok);
         assert_eq!(stream.push(260).unwrap(), "Hello");
         // The first two bytes of "€": held back until the end, then flushed as replacement characters.
@@ -390,7 +430,7 @@ mod tests {
     #[test]
     fn missing_tokenizer_is_none() {
         let dir = temp_dir("missing");
-        assert!(Tokenizer::from_dir(&dir).unwrap().is_none());
+        assert!(Tokenizer::open(&dir).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -398,15 +438,13 @@ mod tests {
     fn corrupt_files_are_errors_naming_the_file() {
         let dir = temp_dir("corrupt");
         std::fs::write(dir.join("tokenizer.json"), "{\"model\": [").unwrap();
-        let err = Tokenizer::from_dir(&dir)
-            .err()
-            .expect("corrupt tokenizer.json must fail");
+        let err = Tokenizer::open(&dir).err().expect("corrupt tokenizer.json must fail");
         assert!(err.message().contains("tokenizer.json"), "{err}");
         assert!(!err.to_string().contains('\n'));
 
         std::fs::copy(Path::new(FIXTURE).join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
         std::fs::write(dir.join("tokenizer_config.json"), "{\"eos_token\": 7}").unwrap();
-        let err = Tokenizer::from_dir(&dir).err().expect("a numeric eos_token must fail");
+        let err = Tokenizer::open(&dir).err().expect("a numeric eos_token must fail");
         assert!(
             err.message().contains("tokenizer_config.json") && err.message().contains("eos_token"),
             "{err}"

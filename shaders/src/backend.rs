@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use volt_runtime::backend::{Backend, LayerRouting, MoeExperts, WeightTypes};
+use volt_runtime::backend::{Backend, LayerRouting, MoeExperts, WeightAccounting, WeightTypes};
 use volt_runtime::checkpoint::HostTensor;
 use volt_runtime::dtype::{KvDtype, Precision, WeightDtype};
 use volt_runtime::rope::RopeTable;
 use volt_runtime::sampler::Pick;
 use volt_runtime::spec::{AttnSpec, ModelSpec, MoeSpec};
 use volt_runtime::step::{Step, MAX_STEP_TOKENS};
+use volt_runtime::tensor::StoredTensor;
 use volt_runtime::{bail, Error, Result};
 
 use crate::buffers::{Buffers, GpuBuffer, GpuTensor, GpuVector, STORAGE};
@@ -38,7 +39,9 @@ pub struct GpuRope {
 pub struct WgpuBackend {
     pub(crate) gpu: Gpu,
     pub(crate) kernels: Kernels,
-    pub(crate) dtype: WeightDtype,
+    /// `--dtype`; None keeps each matrix as published where the kernels decode it.
+    pub(crate) dtype: Option<WeightDtype>,
+    pub(crate) weights: WeightAccounting,
     /// Longest sequence a cache holds.
     pub(crate) context: usize,
     pub(crate) buffers: Buffers,
@@ -57,12 +60,13 @@ pub struct WgpuBackend {
 }
 
 impl WgpuBackend {
-    /// Opens the best adapter; weights kept in `dtype`, caches sized for `context` tokens.
-    pub fn new(dtype: WeightDtype, context: usize) -> Result<Self> {
+    /// Opens the best adapter; weights kept in `dtype` (None: as published), caches sized for `context`
+    /// tokens.
+    pub fn new(dtype: impl Into<Option<WeightDtype>>, context: usize) -> Result<Self> {
         Self::with_gpu(Gpu::open_default()?, dtype, context)
     }
 
-    pub fn with_gpu(gpu: Gpu, dtype: WeightDtype, context: usize) -> Result<Self> {
+    pub fn with_gpu(gpu: Gpu, dtype: impl Into<Option<WeightDtype>>, context: usize) -> Result<Self> {
         let mut buffers = Buffers::new(&gpu.device);
         let recorder = Recorder::new(&gpu.device, &mut buffers);
         let step_buffers = StepBuffers::new(&gpu.device, &mut buffers);
@@ -70,7 +74,8 @@ impl WgpuBackend {
             kernels: Kernels::new(KernelFeatures::of(&gpu.device), KvDtype::F16),
             max_binding: gpu.max_binding(),
             gpu,
-            dtype,
+            dtype: dtype.into(),
+            weights: WeightAccounting::default(),
             context,
             buffers,
             recorder,
@@ -213,7 +218,7 @@ impl Backend for WgpuBackend {
         format!(
             "wgpu on {} ({} weights, f32 compute, {} KV, kernels: {})",
             self.gpu.name(),
-            self.dtype.name(),
+            self.weights.describe(),
             self.kernels.kv_dtype().name(),
             self.kernels.features().describe()
         )
@@ -223,7 +228,7 @@ impl Backend for WgpuBackend {
         self.kernels.kv_dtype()
     }
 
-    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<GpuMatrix> {
+    fn upload_matrix(&mut self, w: StoredTensor, precision: Precision) -> Result<GpuMatrix> {
         self.upload_matrix_at(w, precision)
     }
 
@@ -231,10 +236,12 @@ impl Backend for WgpuBackend {
         let buf = self
             .buffers
             .upload(&self.gpu, bytemuck::cast_slice(&w.data), "a vector")?;
+        self.weights
+            .add(Precision::Full, WeightDtype::F32, w.data.len(), 4 * w.data.len());
         Ok(GpuVector { buf })
     }
 
-    fn upload_experts(&mut self, w: HostTensor) -> Result<GpuMatrix> {
+    fn upload_experts(&mut self, w: StoredTensor) -> Result<GpuMatrix> {
         self.upload_stacked_experts(w)
     }
 
@@ -394,7 +401,7 @@ impl Backend for WgpuBackend {
     }
 
     fn bytes_per_weight(&self, precision: Precision) -> f64 {
-        self.dtype.for_precision(precision).bytes()
+        self.weights.bytes_per_weight(precision)
     }
 
     fn copy_bandwidth(&mut self) -> Result<f64> {

@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
-use volt_runtime::checkpoint::HostTensor;
+use volt_runtime::backend::kept_dtype;
 use volt_runtime::dtype::{Precision, WeightDtype};
+use volt_runtime::fp8::BlockGrid;
+use volt_runtime::tensor::StoredTensor;
 use volt_runtime::{bail, fp8, Result};
 
 use crate::backend::WgpuBackend;
@@ -28,45 +30,64 @@ pub(crate) struct WeightPart {
 }
 
 impl WeightFormat {
-    fn of(dtype: WeightDtype) -> WeightFormat {
+    /// The kernels' format for a dtype they decode.
+    fn of(dtype: WeightDtype) -> Option<WeightFormat> {
         match dtype {
-            WeightDtype::F32 => WeightFormat::F32,
-            WeightDtype::F16 => WeightFormat::F16,
-            WeightDtype::Bf16 => WeightFormat::Bf16,
-            WeightDtype::Fp8 => WeightFormat::Fp8,
+            WeightDtype::F32 => Some(WeightFormat::F32),
+            WeightDtype::F16 => Some(WeightFormat::F16),
+            WeightDtype::Bf16 => Some(WeightFormat::Bf16),
+            WeightDtype::Fp8 => Some(WeightFormat::Fp8),
+            WeightDtype::Block(_) => None,
         }
     }
 }
 
 impl WgpuBackend {
+    /// The dtype a matrix stored as `stored` is kept in at `precision`: the kernels decode f32, f16, bf16 and
+    /// FP8; the block formats are widened to f16 (until their decoders land).
+    fn gpu_dtype(&self, precision: Precision, stored: WeightDtype) -> WeightDtype {
+        kept_dtype(self.dtype, precision, stored, Some(&WeightDtype::ALL))
+    }
+
     /// A matrix kept at `precision`: parts split at FP8's 128-row blocks and stay within the workgroups one
     /// dispatch may have (4 rows each).
-    pub(crate) fn upload_matrix_at(&mut self, w: HostTensor, precision: Precision) -> Result<GpuMatrix> {
-        let dtype = self.dtype.for_precision(precision);
+    pub(crate) fn upload_matrix_at(&mut self, w: StoredTensor, precision: Precision) -> Result<GpuMatrix> {
+        let dtype = self.gpu_dtype(precision, w.dtype);
+        let w = w.convert(dtype)?;
         let rows = w.shape.first().copied().unwrap_or(1);
-        let unit = if dtype == WeightDtype::Fp8 {
+        let unit = if w.dtype == WeightDtype::Fp8 {
             fp8::BLOCK.min(rows).max(1)
         } else {
             1
         };
         let max_rows = 4 * self.gpu.limits.max_compute_workgroups_per_dimension as usize;
-        self.upload_weight(w, dtype, unit, max_rows)
+        self.upload_weight(w, precision, unit, max_rows)
     }
 
     /// Stacked experts [experts, out, in], split only between experts.
-    pub(crate) fn upload_stacked_experts(&mut self, w: HostTensor) -> Result<GpuMatrix> {
+    pub(crate) fn upload_stacked_experts(&mut self, w: StoredTensor) -> Result<GpuMatrix> {
+        let dtype = self.gpu_dtype(Precision::Storage, w.dtype);
+        let w = w.convert(dtype)?;
         let experts = w.shape.first().copied().unwrap_or(1).max(1);
-        let unit = w.data.len() / w.shape.last().copied().unwrap_or(1).max(1) / experts;
-        self.upload_weight(w, self.dtype, unit, usize::MAX)
+        let unit = w.rows() / experts;
+        self.upload_weight(w, Precision::Storage, unit, usize::MAX)
     }
 
-    /// Uploads `w` in `dtype`, split into parts of whole `unit`s of rows (at most `max_rows` each) when it is
-    /// larger than one binding.
-    fn upload_weight(&mut self, w: HostTensor, dtype: WeightDtype, unit: usize, max_rows: usize) -> Result<GpuMatrix> {
-        let cols = *w.shape.last().unwrap_or(&1);
-        let rows = w.data.len() / cols.max(1);
+    /// Uploads `w` (in a format the kernels decode), split into parts of whole `unit`s of rows (at most
+    /// `max_rows` each) when it is larger than one binding.
+    fn upload_weight(
+        &mut self,
+        w: StoredTensor,
+        precision: Precision,
+        unit: usize,
+        max_rows: usize,
+    ) -> Result<GpuMatrix> {
+        let Some(format) = WeightFormat::of(w.dtype) else {
+            bail!("the wgpu kernels do not decode {} weights", w.dtype.name());
+        };
+        let (rows, cols) = (w.rows(), w.cols());
         // Bytes a row may take at most in any format (FP8 counts a scale per row, 128x what it needs).
-        let row_bytes = (cols as f64 * dtype.bytes()).ceil() as u64 + 8;
+        let row_bytes = w.row_bytes() as u64 + 8;
         let max = self.max_binding.saturating_sub(64);
         let units_per_part = ((max / (row_bytes * unit as u64).max(1)) as usize).min(max_rows / unit);
         if units_per_part == 0 {
@@ -80,16 +101,13 @@ impl WgpuBackend {
         let mut parts = Vec::with_capacity(rows.div_ceil(part_rows));
         for first_row in (0..rows).step_by(part_rows) {
             let n = part_rows.min(rows - first_row);
-            let data = &w.data[first_row * cols..(first_row + n) * cols];
-            // A part keeps the tensor's shape with fewer leading rows, so FP8 blocks stay where they were.
-            let mut shape = w.shape.clone();
-            shape[0] = shape[0] * n / rows;
-            let bytes = match dtype {
-                WeightDtype::F32 => bytemuck::cast_slice(data).to_vec(),
-                WeightDtype::F16 => packed_halves(data, |v| half::f16::from_f32(v).to_bits()),
-                WeightDtype::Bf16 => packed_halves(data, |v| half::bf16::from_f32(v).to_bits()),
-                WeightDtype::Fp8 => fp8_buffer(data, &shape),
+            let data = &w.bytes()[first_row * w.row_bytes()..(first_row + n) * w.row_bytes()];
+            let mut bytes = match w.dtype {
+                WeightDtype::Fp8 => fp8_buffer(&w, first_row, n, data),
+                // f32, and f16/bf16 pairs little-endian in u32 words, as stored.
+                _ => data.to_vec(),
             };
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
             let buf = self
                 .buffers
                 .upload(&self.gpu, &bytes, &format!("a {n}x{cols} weight"))?;
@@ -100,40 +118,35 @@ impl WgpuBackend {
             });
         }
         self.split_weights += (parts.len() > 1) as usize;
+        self.weights.add(precision, w.dtype, w.len(), w.stored_bytes());
         Ok(GpuMatrix {
             parts,
             rows,
             cols,
-            format: WeightFormat::of(dtype),
+            format,
         })
     }
 }
 
-/// f16 or bf16 values two per u32 word, the low half first (`weights_f16.wgsl`, `weights_bf16.wgsl`).
-fn packed_halves(values: &[f32], to_bits: impl Fn(f32) -> u16) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(values.len().div_ceil(2) * 4);
-    for pair in values.chunks(2) {
-        let lo = to_bits(pair[0]) as u32;
-        let hi = pair.get(1).map_or(0, |&v| to_bits(v) as u32);
-        bytes.extend((lo | (hi << 16)).to_le_bytes());
-    }
-    bytes
-}
-
-/// The buffer `weights_fp8.wgsl` reads: header, block scales, then the E4M3 codes.
-fn fp8_buffer(data: &[f32], shape: &[usize]) -> Vec<u8> {
-    let grid = fp8::BlockGrid::of(shape);
-    let (codes, scales) = fp8::quantize(data, grid);
+/// The buffer `weights_fp8.wgsl` reads for rows `first_row..first_row + n` of an FP8 tensor (a part: whole
+/// 128-row blocks or whole groups of its grid): header, the part's block scales, then its E4M3 codes.
+fn fp8_buffer(w: &StoredTensor, first_row: usize, n: usize, codes: &[u8]) -> Vec<u8> {
+    let grid = BlockGrid::of(&w.shape);
+    // The part keeps the tensor's shape with fewer leading rows, so its blocks stay where they were.
+    let mut shape = w.shape.clone();
+    shape[0] = shape[0] * n / w.rows();
+    let part = BlockGrid::of(&shape);
+    let first = grid.scale_index(first_row, 0);
+    let scales = &w.scales()[first..first + part.n_scales()];
     let header = [
-        grid.rows as u32,
-        grid.col_blocks() as u32,
-        grid.row_blocks() as u32,
+        part.rows as u32,
+        part.col_blocks() as u32,
+        part.row_blocks() as u32,
         (4 + scales.len()) as u32,
     ];
     let mut bytes = Vec::with_capacity(16 + 4 * scales.len() + codes.len().next_multiple_of(4));
     bytes.extend(header.iter().flat_map(|v| v.to_le_bytes()));
     bytes.extend(scales.iter().flat_map(|v| v.to_le_bytes()));
-    bytes.extend(&codes);
-    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes.extend(codes);
     bytes
 }

@@ -217,7 +217,7 @@ fn settings(app: &mut ChatApp, view: &mut ViewState, ui: &mut Ui) {
         }
         ui.separator();
         ui.heading("Model");
-        ui.label("Hugging Face model folder");
+        ui.label("Hugging Face model folder or .gguf file");
         if view.model_dir.is_empty() {
             if let Some(m) = app.chat_model() {
                 view.model_dir = m.dir.display().to_string();
@@ -479,7 +479,7 @@ enum Action {
     Continue,
 }
 
-/// The memory the model folder `dir` takes on `backend`, from its config and weights' header, as one line.
+/// What the model at `dir` (a folder or a GGUF file) takes on `backend`, from its config and weights' header.
 fn memory_estimate(dir: &std::path::Path, backend: BackendChoice, app: &ChatApp) -> String {
     let kind = backend.resolve();
     match kind.memory_estimate(dir, app.dtypes(), SLOTS) {

@@ -1,9 +1,10 @@
-//! The CPU reference backend: plain f32, multi-threaded with rayon, written to be read. Every other backend
-//! is tested against it.
+//! The CPU reference backend: f32 arithmetic, multi-threaded with rayon, written to be read. Every other
+//! backend is tested against it. Weight matrices stay in the dtype they are kept in (as published, or as
+//! `--dtype` asks); each product decodes the rows it reads (`StoredTensor::decode_row`) as it goes.
 
 use rayon::prelude::*;
 
-use super::{Backend, LayerRouting, MoeExperts, WeightTypes};
+use super::{kept_dtype, Backend, LayerRouting, MoeExperts, WeightAccounting, WeightTypes};
 use crate::checkpoint::HostTensor;
 use crate::dtype::{KvDtype, Precision, WeightDtype};
 use crate::error::Result;
@@ -11,6 +12,7 @@ use crate::kv::{KvCache, KvLayout, KvSlots};
 use crate::rope::RopeTable;
 use crate::spec::{AttnSpec, ExpertActivation, ModelSpec, MoeSpec, RouterOrder, Scoring, Selection};
 use crate::step::Step;
+use crate::tensor::StoredTensor;
 
 /// Activations: `rows` tokens of `cols` values each.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,23 +36,25 @@ impl CpuTensor {
 }
 
 pub struct CpuBackend {
-    dtype: WeightDtype,
+    /// `--dtype`; None keeps every matrix as published.
+    dtype: Option<WeightDtype>,
     /// f32 unless told: the reference. f16 rounds each cached value as the GPU cache keeps it.
     kv_dtype: KvDtype,
     step: Step,
     /// Some while routing is traced.
     routing: Option<Vec<LayerRouting>>,
-    weight_bytes: u64,
+    weights: WeightAccounting,
 }
 
 impl CpuBackend {
-    pub fn new(dtype: WeightDtype) -> Self {
+    /// Keeps the weight matrices in `dtype` (`--dtype`), or as published with `None`.
+    pub fn new(dtype: impl Into<Option<WeightDtype>>) -> Self {
         CpuBackend {
-            dtype,
+            dtype: dtype.into(),
             kv_dtype: KvDtype::F32,
             step: Step::default(),
             routing: None,
-            weight_bytes: 0,
+            weights: WeightAccounting::default(),
         }
     }
 
@@ -60,23 +64,19 @@ impl CpuBackend {
         self
     }
 
-    /// Rounds `w` to what `dtype` keeps (the weights stay f32 here).
-    fn round(&mut self, mut w: HostTensor, dtype: WeightDtype) -> HostTensor {
-        self.weight_bytes += 4 * w.data.len() as u64;
-        match dtype {
-            WeightDtype::F32 => {}
-            WeightDtype::F16 => w.data.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
-            WeightDtype::Bf16 => w.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
-            WeightDtype::Fp8 => w.data = crate::fp8::round_trip(&w.data, crate::fp8::BlockGrid::of(&w.shape)),
-        }
-        w
+    /// `w` in the dtype it is kept in at `precision`.
+    fn keep(&mut self, w: StoredTensor, precision: Precision) -> Result<StoredTensor> {
+        let dtype = kept_dtype(self.dtype, precision, w.dtype, None);
+        let w = w.convert(dtype)?;
+        self.weights.add(precision, w.dtype, w.len(), w.stored_bytes());
+        Ok(w)
     }
 }
 
 impl WeightTypes for CpuBackend {
-    type Matrix = HostTensor;
+    type Matrix = StoredTensor;
     type Vector = HostTensor;
-    type Experts = HostTensor;
+    type Experts = StoredTensor;
 }
 
 /// The KV of one sequence in one layer: rows for positions `start..start + rows`, [rows, kv_dim].
@@ -168,15 +168,19 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// x [t, n] · W[out, n]ᵀ → [t, out], parallel over output rows so each weight row is read once.
-fn matmul(x: &[f32], t: usize, w: &[f32], out: usize, n: usize) -> Vec<f32> {
+/// x [t, n] · W[out, n]ᵀ → [t, out], parallel over output rows so each weight row is decoded and read once.
+fn matmul(x: &[f32], t: usize, w: &StoredTensor) -> Vec<f32> {
+    let (out, n) = (w.rows(), w.cols());
     let mut out_t = vec![0.0f32; out * t];
-    out_t.par_chunks_mut(t).enumerate().for_each(|(o, col)| {
-        let w_row = &w[o * n..(o + 1) * n];
-        for (ti, v) in col.iter_mut().enumerate() {
-            *v = dot(w_row, &x[ti * n..(ti + 1) * n]);
-        }
-    });
+    out_t.par_chunks_mut(t).enumerate().for_each_init(
+        || vec![0.0f32; n],
+        |w_row, (o, col)| {
+            w.decode_row(o, w_row);
+            for (ti, v) in col.iter_mut().enumerate() {
+                *v = dot(w_row, &x[ti * n..(ti + 1) * n]);
+            }
+        },
+    );
     let mut y = vec![0.0f32; t * out];
     for o in 0..out {
         for ti in 0..t {
@@ -186,22 +190,31 @@ fn matmul(x: &[f32], t: usize, w: &[f32], out: usize, n: usize) -> Vec<f32> {
     y
 }
 
-/// One expert's SwiGLU on one token: `gate_up` [2i, h] (gate rows then up rows), `down` [h, i], biases
-/// [2i] and [h]; adds `weight * out` into `acc`.
+/// Expert `e` of stacked experts: `gate_up` [E, 2, i, h] (gate rows then up rows), `down` [E, h, i].
+struct Expert<'a> {
+    gate_up: &'a StoredTensor,
+    down: &'a StoredTensor,
+    e: usize,
+}
+
+/// One expert's SwiGLU on one token, with biases [2i] and [h]; adds `weight * out` into `acc`.
 fn expert_forward(
     x: &[f32],
-    gate_up: &[f32],
-    down: &[f32],
+    expert: Expert,
     biases: (Option<&[f32]>, Option<&[f32]>),
     activation: ExpertActivation,
     weight: f32,
     acc: &mut [f32],
 ) {
-    let (h, i) = (x.len(), gate_up.len() / x.len() / 2);
+    let (h, i) = (x.len(), expert.down.cols());
+    let (gate_up_first, down_first) = (expert.e * 2 * i, expert.e * h);
     let mut act = vec![0.0f32; i];
+    let (mut gate_row, mut up_row, mut down_row) = (vec![0.0f32; h], vec![0.0f32; h], vec![0.0f32; i]);
     for (j, a) in act.iter_mut().enumerate() {
-        let mut g = dot(&gate_up[j * h..(j + 1) * h], x);
-        let mut u = dot(&gate_up[(i + j) * h..(i + j + 1) * h], x);
+        expert.gate_up.decode_row(gate_up_first + j, &mut gate_row);
+        expert.gate_up.decode_row(gate_up_first + i + j, &mut up_row);
+        let mut g = dot(&gate_row, x);
+        let mut u = dot(&up_row, x);
         if let Some(b) = biases.0 {
             g += b[j];
             u += b[i + j];
@@ -216,7 +229,8 @@ fn expert_forward(
         };
     }
     for (o, out) in acc.iter_mut().enumerate() {
-        let mut y = dot(&down[o * i..(o + 1) * i], &act);
+        expert.down.decode_row(down_first + o, &mut down_row);
+        let mut y = dot(&down_row, &act);
         if let Some(b) = biases.1 {
             y += b[o];
         }
@@ -271,13 +285,9 @@ pub fn route(logits: &[f32], spec: &MoeSpec) -> (Vec<f32>, Vec<(usize, f32)>) {
     (probs, chosen)
 }
 
-/// Expert `e`'s slice of a stacked [E, ...] tensor of `len` values per expert.
-fn expert_slice(t: &HostTensor, e: usize, len: usize) -> &[f32] {
-    &t.data[e * len..(e + 1) * len]
-}
-
+/// Expert `e`'s slice of a stacked [E, ...] vector of `len` values per expert.
 fn opt_expert_slice(t: &Option<HostTensor>, e: usize, len: usize) -> Option<&[f32]> {
-    t.as_ref().map(|t| expert_slice(t, e, len))
+    t.as_ref().map(|t| &t.data[e * len..(e + 1) * len])
 }
 
 fn softmax_in_place(v: &mut [f32]) {
@@ -298,7 +308,7 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         format!(
             "cpu ({} weights, f32 compute, {} KV, {} threads)",
-            self.dtype.name(),
+            self.weights.describe(),
             self.kv_dtype.name(),
             rayon::current_num_threads()
         )
@@ -308,16 +318,17 @@ impl Backend for CpuBackend {
         self.kv_dtype
     }
 
-    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<HostTensor> {
-        Ok(self.round(w, self.dtype.for_precision(precision)))
+    fn upload_matrix(&mut self, w: StoredTensor, precision: Precision) -> Result<StoredTensor> {
+        self.keep(w, precision)
     }
     fn upload_vector(&mut self, w: HostTensor) -> Result<HostTensor> {
         // Vectors (norm weights, biases, sinks) stay f32 on every backend: they are tiny.
-        self.weight_bytes += 4 * w.data.len() as u64;
+        let n = w.data.len();
+        self.weights.add(Precision::Full, WeightDtype::F32, n, 4 * n);
         Ok(w)
     }
-    fn upload_experts(&mut self, w: HostTensor) -> Result<HostTensor> {
-        Ok(self.round(w, self.dtype))
+    fn upload_experts(&mut self, w: StoredTensor) -> Result<StoredTensor> {
+        self.keep(w, Precision::Storage)
     }
     fn upload_rope(&mut self, table: RopeTable) -> Result<RopeTable> {
         Ok(table)
@@ -345,11 +356,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embed(&mut self, table: &HostTensor) -> Result<CpuTensor> {
-        let h = table.shape[1];
+    fn embed(&mut self, table: &StoredTensor) -> Result<CpuTensor> {
+        let h = table.cols();
         let mut out = CpuTensor::zeros(self.step.len(), h);
-        for (r, &tok) in self.step.tokens.iter().enumerate() {
-            out.data[r * h..(r + 1) * h].copy_from_slice(&table.data[tok as usize * h..(tok as usize + 1) * h]);
+        for (row, &tok) in out.data.chunks_exact_mut(h).zip(&self.step.tokens) {
+            table.decode_row(tok as usize, row);
         }
         Ok(out)
     }
@@ -371,9 +382,9 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn linear(&mut self, x: &CpuTensor, w: &HostTensor, bias: Option<&HostTensor>) -> Result<CpuTensor> {
-        let (out, n) = (w.shape[0], w.shape[1]);
-        let mut data = matmul(&x.data, x.rows, &w.data, out, n);
+    fn linear(&mut self, x: &CpuTensor, w: &StoredTensor, bias: Option<&HostTensor>) -> Result<CpuTensor> {
+        let out = w.rows();
+        let mut data = matmul(&x.data, x.rows, w);
         if let Some(b) = bias {
             data.chunks_mut(out)
                 .for_each(|row| row.iter_mut().zip(&b.data).for_each(|(v, b)| *v += b));
@@ -487,15 +498,12 @@ impl Backend for CpuBackend {
                         opt_expert_slice(&w.gate_up_bias, e, 2 * i),
                         opt_expert_slice(&w.down_bias, e, h),
                     );
-                    expert_forward(
-                        x.row(r),
-                        expert_slice(&w.gate_up, e, 2 * i * h),
-                        expert_slice(&w.down, e, h * i),
-                        biases,
-                        spec.activation,
-                        weight,
-                        acc,
-                    );
+                    let expert = Expert {
+                        gate_up: &w.gate_up,
+                        down: &w.down,
+                        e,
+                    };
+                    expert_forward(x.row(r), expert, biases, spec.activation, weight, acc);
                 }
             });
         if let Some(trace) = self.routing.as_mut() {
@@ -544,12 +552,11 @@ impl Backend for CpuBackend {
     }
 
     fn allocated_bytes(&self) -> u64 {
-        self.weight_bytes
+        self.weights.total_bytes()
     }
 
-    fn bytes_per_weight(&self, _: Precision) -> f64 {
-        // f16/bf16 only round the values: the reference keeps every weight as f32.
-        4.0
+    fn bytes_per_weight(&self, precision: Precision) -> f64 {
+        self.weights.bytes_per_weight(precision)
     }
 
     fn copy_bandwidth(&mut self) -> Result<f64> {

@@ -13,13 +13,14 @@
 pub mod cpu;
 
 use crate::checkpoint::HostTensor;
-use crate::dtype::{KvDtype, Precision};
+use crate::dtype::{KvDtype, Precision, WeightDtype};
 use crate::error::Result;
 use crate::kv::KvCache;
 use crate::rope::RopeTable;
 use crate::sampler::Pick;
 use crate::spec::{AttnSpec, ModelSpec, MoeSpec};
 use crate::step::Step;
+use crate::tensor::StoredTensor;
 
 /// Where each kind of weight lives: host tensors while loading, backend handles once uploaded. The layer
 /// structs in `model.rs` are generic over this, so loading and uploading share one definition.
@@ -32,13 +33,85 @@ pub trait WeightTypes {
     type Experts;
 }
 
-/// Weights on the host, as family loaders produce them.
+/// Weights on the host, as family loaders produce them: matrices as stored, vectors in f32.
 pub struct Host;
 
 impl WeightTypes for Host {
-    type Matrix = HostTensor;
+    type Matrix = StoredTensor;
     type Vector = HostTensor;
-    type Experts = HostTensor;
+    type Experts = StoredTensor;
+}
+
+/// The dtype a matrix of `precision`, stored as `stored`, is kept in on a backend asked for `dtype`
+/// (`--dtype`; None: as published): f32 for the routers and gates, else `dtype` (by its precision rule) or
+/// the stored one. A backend whose kernels decode only the dtypes `decodes` (None: every dtype) widens any
+/// other to f16.
+pub fn kept_dtype(
+    dtype: Option<WeightDtype>,
+    precision: Precision,
+    stored: WeightDtype,
+    decodes: Option<&[WeightDtype]>,
+) -> WeightDtype {
+    let kept = match (precision, dtype) {
+        (Precision::Full, _) => WeightDtype::F32,
+        (_, Some(d)) => d.for_precision(precision),
+        (_, None) => stored,
+    };
+    match decodes {
+        Some(decodes) if !decodes.contains(&kept) => WeightDtype::F16,
+        _ => kept,
+    }
+}
+
+/// What a backend's weights take, by precision and by the dtype they are kept in.
+#[derive(Clone, Debug, Default)]
+pub struct WeightAccounting {
+    /// Per precision (Storage, Table, Full): weights and the bytes they take.
+    params: [u64; 3],
+    bytes: [u64; 3],
+    /// Bytes per dtype kept.
+    by_dtype: Vec<(WeightDtype, u64)>,
+}
+
+impl WeightAccounting {
+    fn index(precision: Precision) -> usize {
+        match precision {
+            Precision::Storage => 0,
+            Precision::Table => 1,
+            Precision::Full => 2,
+        }
+    }
+
+    /// Counts `params` weights kept at `precision` in `dtype`, taking `bytes`.
+    pub fn add(&mut self, precision: Precision, dtype: WeightDtype, params: usize, bytes: usize) {
+        let i = Self::index(precision);
+        self.params[i] += params as u64;
+        self.bytes[i] += bytes as u64;
+        match self.by_dtype.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, b)) => *b += bytes as u64,
+            None => self.by_dtype.push((dtype, bytes as u64)),
+        }
+    }
+
+    /// Bytes one weight of a matrix kept at `precision` takes on average (what a decode step streams per
+    /// parameter); 0 before any is counted.
+    pub fn bytes_per_weight(&self, precision: Precision) -> f64 {
+        let i = Self::index(precision);
+        self.bytes[i] as f64 / self.params[i].max(1) as f64
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+
+    /// The dtype most of the bytes are kept in ("bf16"; "no" before any weight): how a backend describes its
+    /// weights.
+    pub fn describe(&self) -> &'static str {
+        self.by_dtype
+            .iter()
+            .max_by_key(|&&(_, bytes)| bytes)
+            .map_or("no", |(d, _)| d.name())
+    }
 }
 
 /// Largest head the GPU attention kernels hold in workgroup or shared memory (`attention_common.wgsl`,
@@ -91,10 +164,12 @@ pub trait Backend: WeightTypes + Sized {
     /// How cached K and V values are kept.
     fn kv_dtype(&self) -> KvDtype;
 
-    fn upload_matrix(&mut self, w: HostTensor, precision: Precision) -> Result<Self::Matrix>;
+    /// A weight matrix as stored; the backend keeps it in `kept_dtype` of its dtype, `precision` and the stored
+    /// dtype (or, on a GPU backend, the nearest dtype its kernels decode).
+    fn upload_matrix(&mut self, w: StoredTensor, precision: Precision) -> Result<Self::Matrix>;
     /// Norm weights, biases, sinks: kept in f32 on every backend (they are tiny).
     fn upload_vector(&mut self, w: HostTensor) -> Result<Self::Vector>;
-    fn upload_experts(&mut self, w: HostTensor) -> Result<Self::Experts>;
+    fn upload_experts(&mut self, w: StoredTensor) -> Result<Self::Experts>;
     fn upload_rope(&mut self, table: RopeTable) -> Result<Self::Rope>;
     /// KV storage for `slots` sequences; the full-attention layers' page pool holds `pool_tokens` positions
     /// (default: every slot's whole context, or what the device holds). The cache embeds `kv::KvSlots`.

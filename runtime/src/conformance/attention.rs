@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::kv::KvCache;
 use crate::spec::{AttnSpec, FfnSpec};
 use crate::step::{Step, MAX_STEP_TOKENS};
+use crate::tensor::StoredTensor;
 
 use super::{attn_spec, one_layer_spec, steps, Rng};
 
@@ -51,9 +52,12 @@ pub(super) fn attention_step<B: Backend>(
     [q, k, v]: [HostTensor; 3],
     sinks: Option<&B::Vector>,
 ) -> Result<Vec<f32>> {
-    let q_table = be.upload_matrix(q, Precision::Full)?;
-    let k_table = be.upload_matrix(k, Precision::Full)?;
-    let v_table = be.upload_matrix(v, Precision::Full)?;
+    let [q_table, k_table, v_table] = [q, k, v].map(|t| StoredTensor::from_f32(t.shape, &t.data));
+    let (q_table, k_table, v_table) = (
+        be.upload_matrix(q_table, Precision::Full)?,
+        be.upload_matrix(k_table, Precision::Full)?,
+        be.upload_matrix(v_table, Precision::Full)?,
+    );
     be.begin_step(&Step {
         tokens: (0..step.len() as u32).collect(),
         ..step.clone()

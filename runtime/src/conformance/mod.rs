@@ -14,6 +14,7 @@ use crate::dtype::{KvDtype, WeightDtype};
 use crate::error::Result;
 use crate::spec::{AttnKind, AttnSpec, FfnSpec, LayerSpec, ModelSpec, QkNorm, RopeScaling, RopeSpec};
 use crate::step::Step;
+use crate::tensor::StoredTensor;
 use attention::*;
 use moe::*;
 use ops::*;
@@ -53,6 +54,11 @@ impl Rng {
     fn tensor(&mut self, shape: &[usize], scale: f32) -> HostTensor {
         let n = shape.iter().product();
         HostTensor::new(shape.to_vec(), (0..n).map(|_| self.next() * scale).collect())
+    }
+    /// A weight matrix of random values, stored in f32 (each backend keeps it in its own dtype).
+    fn matrix(&mut self, shape: &[usize], scale: f32) -> StoredTensor {
+        let t = self.tensor(shape, scale);
+        StoredTensor::from_f32(t.shape, &t.data)
     }
 }
 

@@ -19,14 +19,14 @@ pub(super) fn moe_case<B: Backend>(
 ) -> Result<Vec<f32>> {
     let (e, i) = (spec.n_experts, spec.expert_intermediate);
     let experts = MoeExperts::<B> {
-        router: be.upload_matrix(r.tensor(&[e, hidden], 1.5), Precision::Full)?,
+        router: be.upload_matrix(r.matrix(&[e, hidden], 1.5), Precision::Full)?,
         router_bias: if spec.router.bias {
             Some(be.upload_vector(r.tensor(&[e], 1.0))?)
         } else {
             None
         },
-        gate_up: be.upload_experts(r.tensor(&[e, 2, i, hidden], 0.4))?,
-        down: be.upload_experts(r.tensor(&[e, hidden, i], 0.4))?,
+        gate_up: be.upload_experts(r.matrix(&[e, 2, i, hidden], 0.4))?,
+        down: be.upload_experts(r.matrix(&[e, hidden, i], 0.4))?,
         gate_up_bias: if spec.expert_bias {
             Some(be.upload_vector(r.tensor(&[e, 2, i], 1.0))?)
         } else {

@@ -2,13 +2,13 @@
 //! elementwise ops, row selection and token choice.
 
 use crate::backend::Backend;
-use crate::checkpoint::HostTensor;
 use crate::dtype::Precision;
 use crate::error::Result;
 use crate::rope::RopeTable;
 use crate::sampler::{Pick, Sampler, SamplingParams};
 use crate::spec::{RopeScaling, RopeSpec};
 use crate::step::Step;
+use crate::tensor::StoredTensor;
 
 use super::Rng;
 
@@ -20,7 +20,7 @@ pub(super) fn linear_case<B: Backend>(
     out: usize,
     bias: bool,
 ) -> Result<Vec<f32>> {
-    let w = be.upload_matrix(r.tensor(&[out, k], 0.5), Precision::Storage)?;
+    let w = be.upload_matrix(r.matrix(&[out, k], 0.5), Precision::Storage)?;
     let bias = if bias {
         Some(be.upload_vector(r.tensor(&[out], 1.0))?)
     } else {
@@ -59,7 +59,7 @@ pub(super) fn pick_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>>
     rows[2 * vocab + 5] = f32::NAN;
     rows[3 * vocab..].fill(f32::NEG_INFINITY);
     rows[3 * vocab + 2] = f32::NAN;
-    let table = be.upload_matrix(HostTensor::new(vec![4, vocab], rows), Precision::Full)?;
+    let table = be.upload_matrix(StoredTensor::from_f32(vec![4, vocab], &rows), Precision::Full)?;
     be.begin_step(&Step::single(0, &[0, 1, 2, 3], 0))?;
     let logits = be.embed(&table)?;
     let greedy = SamplingParams::greedy();
@@ -128,14 +128,14 @@ pub(super) fn pick_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>>
 /// An activation tensor with the given values: rows of an identity-free path through `linear` would mix
 /// them, so inputs are made as the embedding of distinct tokens.
 pub(super) fn input<B: Backend>(be: &mut B, r: &mut Rng, rows: usize, cols: usize) -> Result<B::Tensor> {
-    let table = be.upload_matrix(r.tensor(&[rows, cols], 1.0), Precision::Full)?;
+    let table = be.upload_matrix(r.matrix(&[rows, cols], 1.0), Precision::Full)?;
     let tokens: Vec<u32> = (0..rows as u32).collect();
     be.begin_step(&Step::single(0, &tokens, 0))?;
     be.embed(&table)
 }
 
 pub(super) fn embed_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
-    let table = be.upload_matrix(r.tensor(&[37, 45], 1.0), Precision::Storage)?;
+    let table = be.upload_matrix(r.matrix(&[37, 45], 1.0), Precision::Storage)?;
     be.begin_step(&Step::single(0, &[36, 0, 17, 17, 5], 0))?;
     let x = be.embed(&table)?;
     be.read(&x)
@@ -170,7 +170,7 @@ pub(super) fn rope_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>>
         },
     };
     let rope = be.upload_rope(RopeTable::new(&spec, 18))?;
-    let table = be.upload_matrix(r.tensor(&[4, 54], 1.0), Precision::Full)?;
+    let table = be.upload_matrix(r.matrix(&[4, 54], 1.0), Precision::Full)?;
     // Positions far apart, one past 1000, to exercise the angle reduction.
     let step = Step {
         tokens: vec![0, 1, 2, 3],
@@ -184,9 +184,9 @@ pub(super) fn rope_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>>
 }
 
 pub(super) fn elementwise_case<B: Backend>(be: &mut B, r: &mut Rng) -> Result<Vec<f32>> {
-    let a = be.upload_matrix(r.tensor(&[3, 77], 3.0), Precision::Full)?;
-    let b = be.upload_matrix(r.tensor(&[3, 77], 3.0), Precision::Full)?;
-    let g = be.upload_matrix(r.tensor(&[3, 1], 3.0), Precision::Full)?;
+    let a = be.upload_matrix(r.matrix(&[3, 77], 3.0), Precision::Full)?;
+    let b = be.upload_matrix(r.matrix(&[3, 77], 3.0), Precision::Full)?;
+    let g = be.upload_matrix(r.matrix(&[3, 1], 3.0), Precision::Full)?;
     be.begin_step(&Step::single(0, &[0, 1, 2], 0))?;
     let mut x = be.embed(&a)?;
     let y = be.embed(&b)?;

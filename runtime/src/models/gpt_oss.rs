@@ -70,35 +70,26 @@ impl Family for GptOss {
             let x = format!("{p}.experts");
             // Both forms end as [E, 2I, H] (rows interleaved gate/up) and [E, H, I]: out x in.
             let (gate_up, down) = if ck.has(&format!("{x}.gate_up_proj_blocks")) {
+                let blocks = |w: &str| format!("{x}.{w}_proj_blocks");
+                let scales = |w: &str| format!("{x}.{w}_proj_scales");
                 (
-                    ck.mxfp4_f32(
-                        &format!("{x}.gate_up_proj_blocks"),
-                        &format!("{x}.gate_up_proj_scales"),
-                        e,
-                        2 * i,
-                        h,
-                    )?,
-                    ck.mxfp4_f32(
-                        &format!("{x}.down_proj_blocks"),
-                        &format!("{x}.down_proj_scales"),
-                        e,
-                        h,
-                        i,
-                    )?,
+                    ck.mxfp4(&blocks("gate_up"), &scales("gate_up"), e, 2 * i, h)?,
+                    ck.mxfp4(&blocks("down"), &scales("down"), e, h, i)?,
                 )
             } else {
                 (
-                    ck.f32(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?.transpose_last2(),
-                    ck.f32(&format!("{x}.down_proj"), &[e, i, h])?.transpose_last2(),
+                    ck.tensor(&format!("{x}.gate_up_proj"), &[e, h, 2 * i])?
+                        .transpose_last2()?,
+                    ck.tensor(&format!("{x}.down_proj"), &[e, i, h])?.transpose_last2()?,
                 )
             };
             let gate_up_bias = ck.f32(&format!("{x}.gate_up_proj_bias"), &[e, 2 * i])?;
             let experts = MoeExperts {
-                router: ck.f32(&format!("{p}.router.weight"), &[e, h])?,
+                router: ck.tensor(&format!("{p}.router.weight"), &[e, h])?,
                 router_bias: Some(ck.f32(&format!("{p}.router.bias"), &[e])?),
-                gate_up: deinterleave(&gate_up, e, i, h),
+                gate_up: gate_up.select_rows(&deinterleaved(e, i))?.reshape(vec![e, 2, i, h])?,
                 down,
-                gate_up_bias: Some(deinterleave(&gate_up_bias, e, i, 1)),
+                gate_up_bias: Some(deinterleave_bias(&gate_up_bias, e, i)),
                 down_bias: Some(ck.f32(&format!("{x}.down_proj_bias"), &[e, h])?),
             };
             Ok(Moe {
@@ -110,13 +101,16 @@ impl Family for GptOss {
     }
 }
 
-/// Reorders [E, 2I, W] with interleaved rows (even = gate, odd = up) to each expert's I gate rows followed
-/// by its I up rows.
-fn deinterleave(t: &HostTensor, e: usize, i: usize, w: usize) -> HostTensor {
-    let mut data = Vec::with_capacity(t.data.len());
-    for expert in t.data.chunks_exact(2 * i * w) {
-        data.extend(expert.chunks_exact(2 * w).flat_map(|pair| pair[..w].iter().copied()));
-        data.extend(expert.chunks_exact(2 * w).flat_map(|pair| pair[w..].iter().copied()));
-    }
-    HostTensor::new(vec![e, 2, i, w], data)
+/// The row order that takes [E, 2I, ...] with interleaved rows (even = gate, odd = up) to each expert's I
+/// gate rows followed by its I up rows.
+fn deinterleaved(e: usize, i: usize) -> Vec<usize> {
+    (0..e)
+        .flat_map(|x| (0..2).flat_map(move |half| (0..i).map(move |j| x * 2 * i + 2 * j + half)))
+        .collect()
+}
+
+/// The gate/up biases [E, 2I], interleaved, as [E, 2, I]: each expert's gate biases, then its up biases.
+fn deinterleave_bias(t: &HostTensor, e: usize, i: usize) -> HostTensor {
+    let data = deinterleaved(e, i).into_iter().map(|r| t.data[r]).collect();
+    HostTensor::new(vec![e, 2, i], data)
 }

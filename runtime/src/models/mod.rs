@@ -13,7 +13,7 @@ mod volt;
 
 use crate::backend::{Host, MoeExperts};
 use crate::bail;
-use crate::checkpoint::{Checkpoint, HostTensor};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Result, ResultExt};
 use crate::hf_config::HfConfig;
 use crate::model::{Attention, Ffn, Globals, Layer, Mlp, Moe};
@@ -21,6 +21,7 @@ use crate::spec::{
     AttnKind, AttnSpec, ExpertActivation, FfnSpec, LayerSpec, ModelSpec, MoeSpec, QkNorm, RouterOrder, RouterSpec,
     Scoring, Selection,
 };
+use crate::tensor::StoredTensor;
 
 pub trait Family: Sync {
     fn spec(&self, cfg: &HfConfig) -> Result<ModelSpec>;
@@ -152,11 +153,11 @@ pub fn sliding_windows(
 /// `model.embed_tokens`, `model.norm`, `lm_head` (absent when tied).
 pub fn llama_globals(ck: &Checkpoint, spec: &ModelSpec) -> Result<Globals<Host>> {
     let (v, h) = (spec.vocab_size, spec.hidden_size);
-    let embed = ck.f32("model.embed_tokens.weight", &[v, h])?;
+    let embed = ck.tensor("model.embed_tokens.weight", &[v, h])?;
     let lm_head = if spec.tie_word_embeddings {
         None
     } else {
-        Some(ck.f32("lm_head.weight", &[v, h])?)
+        Some(ck.tensor("lm_head.weight", &[v, h])?)
     };
     Ok(Globals {
         embed,
@@ -174,8 +175,8 @@ pub fn llama_attention(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<At
     let owns_kv = a.kv_source == l;
     let kv_weights = if owns_kv {
         Some((
-            ck.f32(&format!("{p}.k_proj.weight"), &[kv, h])?,
-            ck.f32(&format!("{p}.v_proj.weight"), &[kv, h])?,
+            ck.tensor(&format!("{p}.k_proj.weight"), &[kv, h])?,
+            ck.tensor(&format!("{p}.v_proj.weight"), &[kv, h])?,
         ))
     } else {
         None
@@ -193,9 +194,9 @@ pub fn llama_attention(ck: &Checkpoint, spec: &ModelSpec, l: usize) -> Result<At
         ),
     };
     Ok(Attention {
-        q: ck.f32(&format!("{p}.q_proj.weight"), &[q, h])?,
+        q: ck.tensor(&format!("{p}.q_proj.weight"), &[q, h])?,
         kv: kv_weights,
-        o: ck.f32(&format!("{p}.o_proj.weight"), &[h, q])?,
+        o: ck.tensor(&format!("{p}.o_proj.weight"), &[h, q])?,
         q_bias: a.qkv_bias.then(|| bias("q_proj", q)).transpose()?,
         kv_bias: if a.qkv_bias && owns_kv {
             Some((bias("k_proj", kv)?, bias("v_proj", kv)?))
@@ -241,9 +242,9 @@ pub fn llama_layer(
 /// A SwiGLU MLP at `{prefix}.{gate,up,down}_proj.weight`.
 pub fn swiglu_mlp(ck: &Checkpoint, prefix: &str, hidden: usize, intermediate: usize) -> Result<Mlp<Host>> {
     Ok(Mlp {
-        gate: ck.f32(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
-        up: ck.f32(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
-        down: ck.f32(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
+        gate: ck.tensor(&format!("{prefix}.gate_proj.weight"), &[intermediate, hidden])?,
+        up: ck.tensor(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?,
+        down: ck.tensor(&format!("{prefix}.down_proj.weight"), &[hidden, intermediate])?,
     })
 }
 
@@ -258,25 +259,26 @@ pub fn routed_experts(
     n_experts: usize,
     hidden: usize,
     inter: usize,
-) -> Result<(HostTensor, HostTensor)> {
+) -> Result<(StoredTensor, StoredTensor)> {
     let fused = format!("{prefix}.experts.gate_up_proj");
     if ck.has(&fused) {
-        let mut gate_up = ck.f32(&fused, &[n_experts, 2 * inter, hidden])?;
-        gate_up.shape = vec![n_experts, 2, inter, hidden];
-        let down = ck.f32(&format!("{prefix}.experts.down_proj"), &[n_experts, hidden, inter])?;
+        let gate_up = ck
+            .tensor(&fused, &[n_experts, 2 * inter, hidden])?
+            .reshape(vec![n_experts, 2, inter, hidden])?;
+        let down = ck.tensor(&format!("{prefix}.experts.down_proj"), &[n_experts, hidden, inter])?;
         return Ok((gate_up, down));
     }
-    let mut gate_up = Vec::with_capacity(n_experts * 2 * inter * hidden);
-    let mut down = Vec::with_capacity(n_experts * hidden * inter);
+    let mut gate_up = Vec::with_capacity(2 * n_experts);
+    let mut down = Vec::with_capacity(n_experts);
     for e in 0..n_experts {
         let name = |n: &str| format!("{prefix}.experts.{e}.{n}.weight");
-        gate_up.extend(ck.f32(&name(names[0]), &[inter, hidden])?.data);
-        gate_up.extend(ck.f32(&name(names[1]), &[inter, hidden])?.data);
-        down.extend(ck.f32(&name(names[2]), &[hidden, inter])?.data);
+        gate_up.push(ck.tensor(&name(names[0]), &[inter, hidden])?);
+        gate_up.push(ck.tensor(&name(names[1]), &[inter, hidden])?);
+        down.push(ck.tensor(&name(names[2]), &[hidden, inter])?);
     }
     Ok((
-        HostTensor::new(vec![n_experts, 2, inter, hidden], gate_up),
-        HostTensor::new(vec![n_experts, hidden, inter], down),
+        StoredTensor::stack(gate_up, vec![n_experts, 2, inter, hidden])?,
+        StoredTensor::stack(down, vec![n_experts, hidden, inter])?,
     ))
 }
 
@@ -292,7 +294,7 @@ pub fn plain_moe(
     let (e, i) = (m.n_experts, m.expert_intermediate);
     let (gate_up, down) = routed_experts(ck, prefix, names, e, h, i)?;
     Ok(MoeExperts {
-        router: ck.f32(&format!("{prefix}.{router}.weight"), &[e, h])?,
+        router: ck.tensor(&format!("{prefix}.{router}.weight"), &[e, h])?,
         router_bias: None,
         gate_up,
         down,
@@ -348,7 +350,7 @@ pub fn qwen_moe_layer(ck: &Checkpoint, spec: &ModelSpec, l: usize, shared: &str)
         };
         let shared_gate = s
             .gated
-            .then(|| ck.f32(&format!("{p}.{shared}_gate.weight"), &[1, h]))
+            .then(|| ck.tensor(&format!("{p}.{shared}_gate.weight"), &[1, h]))
             .transpose()?;
         Ok(Moe {
             experts,

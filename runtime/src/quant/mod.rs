@@ -153,20 +153,27 @@ pub fn dequantize(format: BlockFormat, bytes: &[u8], out: &mut [f32]) -> Result<
         );
     }
     let n = format.block_len();
-    let blocks = bytes.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(n));
+    let values = bytes.chunks_exact(format.block_bytes()).zip(out.iter_mut());
     match format {
-        BlockFormat::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        BlockFormat::F16 => blocks.for_each(|(b, y)| y[0] = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        BlockFormat::Bf16 => blocks.for_each(|(b, y)| y[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        BlockFormat::Q4_0 => blocks.for_each(|(b, y)| legacy::q4_0(b, y)),
-        BlockFormat::Q4_1 => blocks.for_each(|(b, y)| legacy::q4_1(b, y)),
-        BlockFormat::Q5_0 => blocks.for_each(|(b, y)| legacy::q5_0(b, y)),
-        BlockFormat::Q5_1 => blocks.for_each(|(b, y)| legacy::q5_1(b, y)),
-        BlockFormat::Q8_0 => blocks.for_each(|(b, y)| legacy::q8_0(b, y)),
-        BlockFormat::Mxfp4 => blocks.for_each(|(b, y)| legacy::mxfp4(b, y)),
-        BlockFormat::Q4K => blocks.for_each(|(b, y)| kquants::q4_k(b, y)),
-        BlockFormat::Q5K => blocks.for_each(|(b, y)| kquants::q5_k(b, y)),
-        BlockFormat::Q6K => blocks.for_each(|(b, y)| kquants::q6_k(b, y)),
+        BlockFormat::F32 => values.for_each(|(b, y)| *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        BlockFormat::F16 => values.for_each(|(b, y)| *y = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        BlockFormat::Bf16 => values.for_each(|(b, y)| *y = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        _ => {
+            let decode: fn(&[u8], &mut [f32]) = match format {
+                BlockFormat::Q4_0 => legacy::q4_0,
+                BlockFormat::Q4_1 => legacy::q4_1,
+                BlockFormat::Q5_0 => legacy::q5_0,
+                BlockFormat::Q5_1 => legacy::q5_1,
+                BlockFormat::Q8_0 => legacy::q8_0,
+                BlockFormat::Mxfp4 => legacy::mxfp4,
+                BlockFormat::Q4K => kquants::q4_k,
+                BlockFormat::Q5K => kquants::q5_k,
+                BlockFormat::Q6K => kquants::q6_k,
+                BlockFormat::F32 | BlockFormat::F16 | BlockFormat::Bf16 => unreachable!("decoded above"),
+            };
+            let blocks = bytes.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(n));
+            blocks.for_each(|(b, y)| decode(b, y));
+        }
     }
     Ok(())
 }
