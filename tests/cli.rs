@@ -147,7 +147,7 @@ fn info_reports_layers_and_kv_for_every_fixture_and_a_config_alone() {
                 assert!(l["kv_source"].as_u64().unwrap() <= i as u64);
             }
             assert!(v["params_total"].as_u64().unwrap() >= v["params_active"].as_u64().unwrap());
-            assert!(v["vocab_size"].as_u64().unwrap() > 0);
+            assert!(v["vocab_size"].as_u64().unwrap() > 0 && v["weight_bytes"].as_u64().unwrap() > 0);
             let (kv, base) = (
                 v["kv_bytes"].as_f64().unwrap(),
                 v["kv_bytes_baseline"].as_f64().unwrap(),

@@ -7,11 +7,11 @@ use std::path::Path;
 use volt_runtime::backend::cpu::CpuBackend;
 use volt_runtime::backend::{kept_dtype, Backend};
 use volt_runtime::checkpoint::Checkpoint;
-use volt_runtime::dtype::{KvDtype, Precision, WeightDtype};
+use volt_runtime::dtype::{KvDtype, Precision, PublishedDtypes, Shares, WeightDtype};
 use volt_runtime::hf_config::HfConfig;
 use volt_runtime::models;
 use volt_runtime::session::{BackendSession, Session};
-use volt_runtime::spec::ModelSpec;
+use volt_runtime::spec::{MatrixClass, ModelSpec};
 use volt_runtime::{bail, Result, ResultExt};
 use volt_wgpu::{Gpu, WgpuBackend};
 
@@ -122,14 +122,13 @@ impl BackendKind {
         }
     }
 
-    /// Bytes one weight of a matrix kept at `precision` takes when the bulk is stored in `dtype`: the CPU
-    /// computes from every dtype, the GPU kernels from f32, f16, bf16 and FP8 (`backend::kept_dtype`).
-    pub fn bytes_per_weight(self, dtype: WeightDtype, precision: Precision) -> f64 {
-        let decodes = match self {
+    /// The dtypes the backend's kernels compute from (None: every dtype): the CPU reference decodes every
+    /// format, the GPU kernels f32, f16, bf16 and FP8 and the rest is widened to f16 (`backend::kept_dtype`).
+    pub fn decodes(self) -> Option<&'static [WeightDtype]> {
+        match self {
             BackendKind::Cpu => None,
             BackendKind::Wgpu | BackendKind::Cuda => Some(&WeightDtype::ALL[..]),
-        };
-        kept_dtype(Some(dtype), precision, dtype, decodes).bytes()
+        }
     }
 
     /// Loads the model in `dir` with `slots` sequence slots; the full-attention layers' KV page pool holds
@@ -166,20 +165,69 @@ impl BackendKind {
     }
 
     /// The memory the model in `dir` takes on this backend with `slots` sequences of its whole context,
-    /// from config.json and the weights' header alone.
+    /// from its config and the weights' header alone.
     pub fn memory_estimate(self, dir: &Path, dtypes: &Dtypes, slots: usize) -> Result<MemoryEstimate> {
         let config = HfConfig::load(dir)?;
         let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
-        let dtype = dtypes.weights(dir)?;
         let kv_dtype = dtypes.kv.unwrap_or(self.default_kv_dtype());
         let context = self.context(&spec);
+        let published = published_dtypes(dir, &config)?;
         Ok(MemoryEstimate {
-            weight_bytes: spec.weight_bytes(|p| self.bytes_per_weight(dtype, p)),
+            weight_bytes: weight_bytes(&spec, &published, dtypes.weights, self.decodes()),
             kv_bytes: slots as u64 * spec.kv_bytes(context, kv_dtype),
-            dtype,
+            dtype: kept_dtype(
+                dtypes.weights,
+                Precision::Storage,
+                (published.other.dominant(), spec.hidden_size),
+                self.decodes(),
+            ),
             kv_dtype,
             context,
         })
+    }
+}
+
+/// What the weights of `spec` take when published in `published`, kept at `--dtype` `dtype` (None: as
+/// published) by a backend whose kernels compute from `decodes` (None: every dtype). The same rules
+/// (`backend::kept_dtype`) decide what each backend keeps at load, so this is what it allocates.
+pub fn weight_bytes(
+    spec: &ModelSpec,
+    published: &PublishedDtypes,
+    dtype: Option<WeightDtype>,
+    decodes: Option<&[WeightDtype]>,
+) -> u64 {
+    let weights = spec.weights();
+    let full = Shares::one(WeightDtype::F32);
+    let matrices: u64 = weights
+        .matrices
+        .iter()
+        .map(|m| {
+            let (precision, published) = match m.class {
+                MatrixClass::Table => (Precision::Table, &published.table),
+                MatrixClass::Full => (Precision::Full, &full),
+                MatrixClass::Experts => (Precision::Storage, &published.experts),
+                MatrixClass::Other => (Precision::Storage, &published.other),
+            };
+            let bytes = |stored| {
+                let kept = kept_dtype(dtype, precision, (stored, m.cols as usize), decodes);
+                // A published dtype whose blocks do not fit these rows (a config names one for all).
+                let estimate = || (m.rows * m.cols) as f64 * kept.bytes();
+                kept.matrix_bytes(m.rows, m.cols).map_or_else(estimate, |b| b as f64)
+            };
+            let per_matrix: f64 = published.iter().map(|(stored, share)| share * bytes(stored)).sum();
+            (m.count as f64 * per_matrix).round() as u64
+        })
+        .sum();
+    matrices + 4 * weights.vectors
+}
+
+/// The dtypes the model at `path` is published in: from its weights' headers when it has them (a folder
+/// or a GGUF file), else from its config.json.
+pub fn published_dtypes(path: &Path, config: &HfConfig) -> Result<PublishedDtypes> {
+    if path.is_dir() || volt_runtime::checkpoint::is_gguf(path) {
+        Ok(Checkpoint::open(path)?.published_dtypes())
+    } else {
+        config.published_dtypes()
     }
 }
 
@@ -188,6 +236,7 @@ impl BackendKind {
 pub struct MemoryEstimate {
     pub weight_bytes: u64,
     pub kv_bytes: u64,
+    /// What the matrices other than the experts and tables are kept in.
     pub dtype: WeightDtype,
     pub kv_dtype: KvDtype,
     /// Positions each sequence's cache holds.
@@ -242,4 +291,74 @@ where
         slots,
         pool_tokens,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use volt_runtime::quant::BlockFormat;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
+
+    /// The estimate is what the CPU backend allocates for the weights, for every fixture (folders in each
+    /// published dtype, GGUF files in each block format) as published and quantized at load.
+    #[test]
+    fn the_estimate_is_what_the_cpu_backend_allocates() {
+        let mut models: Vec<PathBuf> = ["volt", "qwen3_moe", "qwen3_fp8", "gpt_oss", "mixtral", "llama"]
+            .iter()
+            .map(|name| fixtures().join(name))
+            .collect();
+        for gguf in ["llama", "qwen2_moe", "qwen3_moe"] {
+            models.push(fixtures().join("gguf").join(format!("{gguf}.gguf")));
+        }
+        let dtypes = [
+            None,
+            Some(WeightDtype::Bf16),
+            Some(WeightDtype::Fp8),
+            Some(WeightDtype::Block(BlockFormat::Q8_0)),
+            Some(WeightDtype::Block(BlockFormat::Q4_1)),
+            Some(WeightDtype::Block(BlockFormat::Mxfp4)),
+        ];
+        for model in &models {
+            for weights in dtypes {
+                let dtypes = Dtypes { weights, kv: None };
+                let estimate = BackendKind::Cpu.memory_estimate(model, &dtypes, 1).unwrap();
+                let session = BackendKind::Cpu.open(model, &dtypes, 1, Some(16)).unwrap();
+                let (estimated, allocated) = (estimate.weight_bytes, session.allocated_bytes());
+                assert_eq!(estimated, allocated, "{} at --dtype {weights:?}", model.display());
+            }
+        }
+    }
+
+    /// From config.json alone: gpt-oss-20b as published (MXFP4 experts) fits 14 GB, Qwen3-30B-A3B at q4_k
+    /// 19.5 GB (llama.cpp's Q4_K_M file is 18.6 GB); on a GPU that widens block formats to f16 they do not.
+    #[test]
+    fn published_configs_count_their_block_formats() {
+        let bytes = |name: &str, dtype: Option<WeightDtype>, decodes: Option<&[WeightDtype]>| {
+            let path = fixtures().join("configs").join(name);
+            let config = HfConfig::load(&path).unwrap();
+            let spec = models::family_of(&config).unwrap().spec(&config).unwrap();
+            weight_bytes(&spec, &published_dtypes(&path, &config).unwrap(), dtype, decodes)
+        };
+        let gpt_oss = bytes("gpt-oss-20b.json", None, None);
+        assert!(
+            (13_000_000_000..=14_000_000_000).contains(&gpt_oss),
+            "gpt-oss-20b: {gpt_oss}"
+        );
+        let qwen3 = bytes("qwen3-30b-a3b.json", None, None);
+        assert!(
+            (60_000_000_000..=62_000_000_000).contains(&qwen3),
+            "Qwen3-30B-A3B bf16: {qwen3}"
+        );
+        let qwen3_q4k = bytes("qwen3-30b-a3b.json", Some(WeightDtype::Block(BlockFormat::Q4K)), None);
+        assert!(
+            (16_000_000_000..=19_500_000_000).contains(&qwen3_q4k),
+            "Qwen3-30B-A3B q4_k: {qwen3_q4k}"
+        );
+        let widened = bytes("gpt-oss-20b.json", None, BackendKind::Wgpu.decodes());
+        assert!(widened > 40_000_000_000, "gpt-oss-20b widened to f16: {widened}");
+    }
 }

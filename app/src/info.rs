@@ -2,16 +2,17 @@
 //! config.json alone.
 
 use serde_json::{json, Value};
-use volt_runtime::dtype::KvDtype;
+use volt_runtime::checkpoint::Checkpoint;
+use volt_runtime::dtype::{KvDtype, WeightDtype};
 use volt_runtime::hf_config::HfConfig;
 use volt_runtime::spec::{FfnSpec, ModelSpec, Selection};
 use volt_runtime::{models, Result, ResultExt};
 
-use crate::backends::{BackendChoice, BackendKind};
+use crate::backends::{published_dtypes, weight_bytes, BackendChoice, BackendKind};
 use crate::cli::Flags;
 
 pub fn info(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["model", "context", "kv-dtype", "backend"], &["json"])?;
+    let flags = Flags::parse(args, &["model", "context", "dtype", "kv-dtype", "backend"], &["json"])?;
     let path = crate::model_path(flags.str("model"))?;
     let config = HfConfig::load(&path)?;
     let spec = models::family_of(&config)?.spec(&config).context("config.json")?;
@@ -21,21 +22,25 @@ pub fn info(args: &[String]) -> Result<()> {
         volt_runtime::bail!("--context must be at least 1");
     }
     // The KV dtype of `--backend`, else of the GPU backends (the CPU reference keeps f32).
-    let kind = match flags.str("backend") {
-        Some(b) => BackendChoice::parse(b)?.resolve(),
-        None => BackendKind::Wgpu,
-    };
+    let backend = flags
+        .str("backend")
+        .map(|b| BackendChoice::parse(b).map(BackendChoice::resolve))
+        .transpose()?;
     let kv = match flags.str("kv-dtype") {
         Some(k) => KvDtype::parse(k)?,
-        None => kind.default_kv_dtype(),
+        None => backend.unwrap_or(BackendKind::Wgpu).default_kv_dtype(),
     };
+    let dtype = flags.str("dtype").map(WeightDtype::parse).transpose()?;
     let mut report = report(&spec, context, kv);
-    // The precision the weights are published in (a config file alone has none).
+    // The weights as published (a config.json alone says it in `dtype` and `quantization_config`), kept
+    // at `--dtype` by `--backend` (without it, by a backend that computes from every dtype).
+    let published = published_dtypes(&path, &config)?;
+    let decodes = backend.and_then(BackendKind::decodes);
+    report["weight_bytes"] = json!(weight_bytes(&spec, &published, dtype, decodes));
     let checkpoint = path.is_dir() || volt_runtime::checkpoint::is_gguf(&path);
-    let weights = if checkpoint { Some(path.as_path()) } else { None };
-    report["dtype"] = match weights.map(volt_runtime::checkpoint::Checkpoint::open) {
-        Some(Ok(ck)) => json!(ck.storage_dtype().name()),
-        _ => Value::Null,
+    report["dtype"] = match checkpoint {
+        true => json!(Checkpoint::open(&path)?.storage_dtype().name()),
+        false => Value::Null,
     };
     if flags.has("json") {
         println!("{report}");
@@ -105,8 +110,10 @@ fn print_table(spec: &ModelSpec, r: &Value) {
         m(&r["params_active"])
     );
     println!("vocab / hidden    {} / {}", spec.vocab_size, spec.hidden_size);
-    if let Some(dtype) = r["dtype"].as_str() {
-        println!("weights           {dtype}");
+    let weights = m(&r["weight_bytes"]) * 1e6 / 1048576.0;
+    match r["dtype"].as_str() {
+        Some(dtype) => println!("weights           {weights:.2} MiB (published in {dtype})"),
+        None => println!("weights           {weights:.2} MiB"),
     }
     println!("layer  attention       kv_source  ffn");
     for (i, l) in r["layers"].as_array().into_iter().flatten().enumerate() {

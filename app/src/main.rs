@@ -110,7 +110,7 @@ volt chat --terminal [--model DIR] [--system TEXT] [--max-tokens N] [--temperatu
               [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--chat] [--system TEXT]
               [--ignore-eos] [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--kv-dtype f32|f16|fp8] [--json]",
         "logits" => "volt logits [--model DIR] --ids 3,17,42 [--backend auto|cpu|wgpu|cuda] [--dtype f32|f16|bf16|fp8] [--kv-dtype f32|f16|fp8]",
-        "info" => "volt info [--model DIR|config.json] [--context N] [--kv-dtype f16|f32|fp8] [--backend B] [--json]",
+        "info" => "volt info [--model DIR|FILE.gguf|config.json] [--context N] [--dtype D] [--kv-dtype f16|f32|fp8] [--backend B] [--json]",
         "check" => "volt check [--backend wgpu|cuda] [--compile-only]",
         "bench" => "volt bench [--model DIR] [--backend B] [--dtype D] [--kv-dtype K] [--prompt-tokens N] [--gen-tokens M] [--batch B] [--json]",
         "perplexity" => "volt perplexity [--model DIR] --file TEXT [--context N] [--stride S] [--backend B] [--dtype D] [--kv-dtype K] [--json]",

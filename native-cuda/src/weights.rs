@@ -86,7 +86,7 @@ impl CudaBackend {
     /// and bf16 as stored, FP8 as codes with rows padded to 128 columns beside its block scales; the block
     /// formats the kernels do not decode yet are widened to f16.
     pub(crate) fn upload_weight(&mut self, w: StoredTensor, precision: Precision, experts: bool) -> Result<CudaMatrix> {
-        let dtype = kept_dtype(self.dtype, precision, w.dtype, Some(&WeightDtype::ALL));
+        let dtype = kept_dtype(self.dtype, precision, (w.dtype, w.cols()), Some(&WeightDtype::ALL));
         if dtype == WeightDtype::Fp8 && !self.fp8_capable {
             bail!("FP8 weights need FP8 tensor cores (sm_89 or newer); use --dtype bf16 on this GPU");
         }

@@ -13,10 +13,11 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 
 use crate::bail;
-use crate::dtype::WeightDtype;
+use crate::dtype::{dominant, PublishedDtypes, Shares, WeightDtype};
 use crate::error::{Error, Result, ResultExt};
 use crate::gguf_model::GgufModel;
 use crate::quant::BlockFormat;
+use crate::spec::MatrixClass;
 use crate::tensor::StoredTensor;
 
 /// A small tensor on the host, row-major, widened to f32: norm weights, biases, sinks.
@@ -104,12 +105,62 @@ impl Checkpoint {
         }
     }
 
-    /// The dtype that holds most of the weights' bytes: the precision they were published in. MXFP4 blocks
-    /// of safetensors count as bf16, the dtype GPT-OSS ships the rest in.
+    /// The dtype that holds most of the weights' bytes: the precision they were published in. MXFP4 expert
+    /// blocks of safetensors count as bf16, the dtype GPT-OSS ships the rest in.
     pub fn storage_dtype(&self) -> WeightDtype {
+        let mxfp4_as_bf16 = |d| match (&self.0, d) {
+            (Source::Safetensors(_), WeightDtype::Block(BlockFormat::Mxfp4)) => WeightDtype::Bf16,
+            _ => d,
+        };
+        let stored = self.stored_matrices();
+        dominant(stored.iter().map(|&(_, d, n)| (mxfp4_as_bf16(d), n))).unwrap_or(WeightDtype::F32)
+    }
+
+    /// The dtypes each class of matrices is stored in, told apart by name (the embedding and head, the
+    /// routed experts, the routers, the rest); a class the file lacks takes the shares of the whole file
+    /// but the routers, which backends keep in f32.
+    pub fn published_dtypes(&self) -> PublishedDtypes {
+        let stored = self.stored_matrices();
+        let all = || {
+            Shares::of_bytes(
+                stored
+                    .iter()
+                    .filter(|m| m.0 != MatrixClass::Full)
+                    .map(|&(_, d, n)| (d, n)),
+            )
+            .unwrap_or(Shares::one(WeightDtype::F32))
+        };
+        let of = |class: MatrixClass| {
+            Shares::of_bytes(stored.iter().filter(|m| m.0 == class).map(|&(_, d, n)| (d, n))).unwrap_or_else(all)
+        };
+        PublishedDtypes {
+            table: of(MatrixClass::Table),
+            experts: of(MatrixClass::Experts),
+            other: of(MatrixClass::Other),
+        }
+    }
+
+    /// Every tensor of two or more dimensions: its class, stored dtype and bytes.
+    fn stored_matrices(&self) -> Vec<(MatrixClass, WeightDtype, u64)> {
         match &self.0 {
-            Source::Safetensors(s) => s.storage_dtype(),
-            Source::Gguf(g) => g.storage_dtype(),
+            Source::Safetensors(s) => s.stored_matrices(),
+            Source::Gguf(g) => g
+                .file()
+                .tensor_names()
+                .filter_map(|name| {
+                    let info = g.file().tensor(name)?;
+                    let class = if name == "token_embd.weight" || name == "output.weight" {
+                        MatrixClass::Table
+                    } else if name.contains("ffn_gate_inp") {
+                        MatrixClass::Full
+                    } else if name.contains("_exps.") {
+                        MatrixClass::Experts
+                    } else {
+                        MatrixClass::Other
+                    };
+                    (info.shape.len() >= 2).then_some((class, WeightDtype::Block(info.format), info.len as u64))
+                })
+                .collect(),
         }
     }
 
@@ -193,22 +244,40 @@ impl Safetensors {
         self.tensors.get(name).map(|(_, info)| info.shape.as_slice())
     }
 
-    /// The float dtype that holds most of the checkpoint's bytes: the precision it was published in, and the
-    /// default a backend keeps weights in. MXFP4 blocks count as bf16, the dtype GPT-OSS ships the rest in.
-    pub fn storage_dtype(&self) -> WeightDtype {
-        let mut bytes = [0u64; 4];
-        for (_, info) in self.tensors.values() {
-            let n = (info.data_offsets.1 - info.data_offsets.0) as u64;
-            match info.dtype {
-                Dtype::F32 => bytes[0] += n,
-                Dtype::F16 => bytes[1] += n,
-                Dtype::BF16 | Dtype::U8 => bytes[2] += n,
-                Dtype::F8_E4M3 => bytes[3] += n,
-                _ => {}
-            }
-        }
-        let most = (0..4).max_by_key(|&i| (bytes[i], std::cmp::Reverse(i))).unwrap_or(0);
-        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Fp8][most]
+    /// See `Checkpoint::stored_matrices`; U8 tensors are MXFP4 blocks and their scales (gpt-oss), and FP8
+    /// block scales (`weight_scale_inv`) belong to their FP8 matrix; biases are vectors, even stacked.
+    fn stored_matrices(&self) -> Vec<(MatrixClass, WeightDtype, u64)> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort_unstable();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let info = &self.tensors[name].1;
+                if name.ends_with("_scale_inv") || name.ends_with("bias") {
+                    return None;
+                }
+                let dtype = match info.dtype {
+                    Dtype::F32 => WeightDtype::F32,
+                    Dtype::F16 => WeightDtype::F16,
+                    Dtype::BF16 => WeightDtype::Bf16,
+                    Dtype::F8_E4M3 => WeightDtype::Fp8,
+                    Dtype::U8 => WeightDtype::Block(BlockFormat::Mxfp4),
+                    _ => return None,
+                };
+                let router = [".gate.weight", "router.weight", "shared_expert_gate.weight"];
+                let class = if name.contains("embed_tokens") || name.starts_with("lm_head") {
+                    MatrixClass::Table
+                } else if router.iter().any(|r| name.ends_with(r)) {
+                    MatrixClass::Full
+                } else if name.contains(".experts.") {
+                    MatrixClass::Experts
+                } else {
+                    MatrixClass::Other
+                };
+                let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+                (info.shape.len() >= 2).then_some((class, dtype, bytes))
+            })
+            .collect()
     }
 
     fn info(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {

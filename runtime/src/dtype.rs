@@ -63,6 +63,103 @@ impl WeightDtype {
             WeightDtype::Fp8 => 1.0 + 4.0 / (crate::fp8::BLOCK * crate::fp8::BLOCK) as f64,
         }
     }
+
+    /// Bytes a [rows, cols] matrix takes, scales included (FP8: one per started 128x128 block), or None
+    /// when its rows are not whole blocks.
+    pub fn matrix_bytes(self, rows: u64, cols: u64) -> Option<u64> {
+        match self {
+            WeightDtype::Block(f) => Some(rows * f.bytes_of(cols as usize).ok()? as u64),
+            WeightDtype::Fp8 => {
+                let block = crate::fp8::BLOCK as u64;
+                Some(rows * cols + 4 * rows.div_ceil(block) * cols.div_ceil(block))
+            }
+        }
+    }
+
+    /// The dtype a matrix with rows of `cols` values is kept in when asked for `self`: `self` when its rows
+    /// are whole blocks, else llama.cpp's fallback for the K-quants (q4_k to q5_0, q5_k to q5_1, q6_k to
+    /// q8_0, blocks of 32), else None (the matrix stays as published).
+    pub fn fitting(self, cols: usize) -> Option<WeightDtype> {
+        let fits = |d: WeightDtype| d.matrix_bytes(1, cols as u64).is_some();
+        let fallback = match self {
+            WeightDtype::Block(BlockFormat::Q4K) => WeightDtype::Block(BlockFormat::Q5_0),
+            WeightDtype::Block(BlockFormat::Q5K) => WeightDtype::Block(BlockFormat::Q5_1),
+            WeightDtype::Block(BlockFormat::Q6K) => WeightDtype::Block(BlockFormat::Q8_0),
+            _ => self,
+        };
+        [self, fallback].into_iter().find(|&d| fits(d))
+    }
+}
+
+/// The dtype most bytes of `tensors` (dtype, bytes) are in; ties go to the earlier dtype.
+pub fn dominant(tensors: impl Iterator<Item = (WeightDtype, u64)>) -> Option<WeightDtype> {
+    let mut bytes: Vec<(WeightDtype, u64)> = Vec::new();
+    for (dtype, n) in tensors {
+        match bytes.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, b)) => *b += n,
+            None => bytes.push((dtype, n)),
+        }
+    }
+    let most = bytes.iter().map(|&(_, b)| b).max()?;
+    bytes.into_iter().find(|&(_, b)| b == most).map(|(d, _)| d)
+}
+
+/// The dtypes one class of matrices is published in, each with the share of the class's values it holds:
+/// one dtype from a config.json, several in a GGUF file that mixes formats (a Q4_K_M file keeps some
+/// `attn_v` and `ffn_down` matrices in q6_k).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shares(Vec<(WeightDtype, f64)>);
+
+impl Shares {
+    pub fn one(dtype: WeightDtype) -> Shares {
+        Shares(vec![(dtype, 1.0)])
+    }
+
+    /// From stored tensors (dtype, bytes); None when there are none.
+    pub fn of_bytes(tensors: impl Iterator<Item = (WeightDtype, u64)>) -> Option<Shares> {
+        let mut values: Vec<(WeightDtype, f64)> = Vec::new();
+        for (dtype, bytes) in tensors {
+            let n = bytes as f64 / dtype.bytes();
+            match values.iter_mut().find(|(d, _)| *d == dtype) {
+                Some((_, v)) => *v += n,
+                None => values.push((dtype, n)),
+            }
+        }
+        let total: f64 = values.iter().map(|&(_, v)| v).sum();
+        (total > 0.0).then(|| Shares(values.into_iter().map(|(d, v)| (d, v / total)).collect()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (WeightDtype, f64)> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// The dtype holding most of the values.
+    pub fn dominant(&self) -> WeightDtype {
+        let most = self.0.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+        most.map_or(WeightDtype::F32, |&(d, _)| d)
+    }
+}
+
+/// The dtypes a model's weight matrices are published in, per class (`spec::MatrixClass`; routers are kept
+/// in f32 whatever they are published in).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedDtypes {
+    /// The embedding and LM head.
+    pub table: Shares,
+    /// The routed experts' matrices.
+    pub experts: Shares,
+    /// Every other matrix (attention, dense and shared-expert FFNs).
+    pub other: Shares,
+}
+
+impl PublishedDtypes {
+    pub fn uniform(dtype: WeightDtype) -> PublishedDtypes {
+        PublishedDtypes {
+            table: Shares::one(dtype),
+            experts: Shares::one(dtype),
+            other: Shares::one(dtype),
+        }
+    }
 }
 
 /// How precisely a matrix is kept.

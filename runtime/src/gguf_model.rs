@@ -13,7 +13,6 @@ use serde_json::{json, Map, Value};
 
 use crate::bail;
 use crate::checkpoint::HostTensor;
-use crate::dtype::WeightDtype;
 use crate::error::{Result, ResultExt};
 use crate::gguf::{GgufFile, Value as Meta};
 use crate::hf_config::HfConfig;
@@ -307,23 +306,6 @@ impl GgufModel {
             Some(d) => Ok(d as usize),
             None => Ok((self.meta_u64("embedding_length")? / self.meta_u64("attention.head_count")?) as usize),
         }
-    }
-
-    /// The dtype most of the weights are stored in.
-    pub fn storage_dtype(&self) -> WeightDtype {
-        let mut bytes: Vec<(WeightDtype, u64)> = Vec::new();
-        for name in self.file.tensor_names() {
-            let info = self.file.tensor(name).expect("listed");
-            let dtype = WeightDtype::Block(info.format);
-            match bytes.iter_mut().find(|(d, _)| *d == dtype) {
-                Some((_, b)) => *b += info.len as u64,
-                None => bytes.push((dtype, info.len as u64)),
-            }
-        }
-        bytes
-            .into_iter()
-            .max_by_key(|&(_, b)| b)
-            .map_or(WeightDtype::F32, |(d, _)| d)
     }
 }
 

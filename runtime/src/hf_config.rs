@@ -8,7 +8,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::bail;
+use crate::dtype::{PublishedDtypes, Shares, WeightDtype};
 use crate::error::{Error, Result, ResultExt};
+use crate::quant::BlockFormat;
 use crate::spec::{RopeScaling, RopeSpec};
 
 pub struct HfConfig {
@@ -66,6 +68,35 @@ impl HfConfig {
             ),
             None => bail!("`quantization_config` has no `quant_method`"),
         }
+    }
+
+    /// What config.json alone says the weights are published in: `dtype` (transformers v5) or `torch_dtype`
+    /// (v4), f32 when neither is there, as transformers assumes; `quantization_config` `fp8` puts every matrix
+    /// but the embedding and head in FP8, `mxfp4` the routed experts in MXFP4 (gpt-oss).
+    pub fn published_dtypes(&self) -> Result<PublishedDtypes> {
+        self.check_quantization()?;
+        let key = if self.has("dtype") { "dtype" } else { "torch_dtype" };
+        let float = match self.get(key).and_then(Value::as_str) {
+            None | Some("float32") => WeightDtype::F32,
+            Some("float16") => WeightDtype::F16,
+            Some("bfloat16") => WeightDtype::Bf16,
+            Some(other) => {
+                bail!("config.json: `{key}` `{other}` is not a dtype Volt reads (float32, float16, bfloat16)")
+            }
+        };
+        let mut published = PublishedDtypes::uniform(float);
+        match self
+            .get("quantization_config")
+            .and_then(|q| q.get("quant_method"))
+            .and_then(Value::as_str)
+        {
+            Some("fp8") => {
+                (published.experts, published.other) = (Shares::one(WeightDtype::Fp8), Shares::one(WeightDtype::Fp8))
+            }
+            Some("mxfp4") => published.experts = Shares::one(WeightDtype::Block(BlockFormat::Mxfp4)),
+            _ => {}
+        }
+        Ok(published)
     }
 
     /// A value that is present and not null.

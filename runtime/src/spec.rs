@@ -3,8 +3,54 @@
 //! (`model.rs`) reads only this.
 
 use crate::bail;
-use crate::dtype::{KvDtype, Precision};
+use crate::dtype::KvDtype;
 use crate::error::Result;
+
+/// Which rule decides how a backend keeps a matrix (`backend::kept_dtype`, `dtype::PublishedDtypes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatrixClass {
+    /// The embedding and LM head (`Precision::Table`).
+    Table,
+    /// Routers and shared-expert gates (`Precision::Full`: f32).
+    Full,
+    /// The routed experts' matrices.
+    Experts,
+    /// Every other matrix: attention, dense and shared-expert FFNs.
+    Other,
+}
+
+/// `count` matrices of one class and shape, [rows, cols] with cols the reduction axis (along which block
+/// formats run).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Matrices {
+    pub class: MatrixClass,
+    pub count: u64,
+    pub rows: u64,
+    pub cols: u64,
+}
+
+/// A model's weights by how a backend may keep them (`ModelSpec::weights`): matrices by class and shape,
+/// vectors (norms, biases, sinks) always in f32.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Weights {
+    pub matrices: Vec<Matrices>,
+    pub vectors: u64,
+}
+
+impl Weights {
+    pub fn total(&self) -> u64 {
+        self.matrices.iter().map(|m| m.count * m.rows * m.cols).sum::<u64>() + self.vectors
+    }
+
+    fn add(&mut self, class: MatrixClass, count: u64, rows: u64, cols: u64) {
+        self.matrices.push(Matrices {
+            class,
+            count,
+            rows,
+            cols,
+        });
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
@@ -280,76 +326,86 @@ impl ModelSpec {
     /// Parameter count of everything stored (total) and of what one token uses (active: only the routed
     /// experts it is sent to, at the most experts the router can pick).
     pub fn parameter_counts(&self) -> (u64, u64) {
+        let total = self.weights().total();
         let h = self.hidden_size as u64;
-        let embed = self.vocab_size as u64 * h;
-        let head = if self.tie_word_embeddings { 0 } else { embed };
-        let mut total = embed + head + h; // final norm
-        let mut active = total;
+        let unused: u64 = self
+            .layers
+            .iter()
+            .filter_map(|l| match &l.ffn {
+                FfnSpec::Moe(m) => {
+                    let i = m.expert_intermediate as u64;
+                    let per_expert = 3 * h * i + if m.expert_bias { 2 * i + h } else { 0 };
+                    Some((m.n_experts - m.router.selection.max_experts()) as u64 * per_expert)
+                }
+                FfnSpec::Dense { .. } => None,
+            })
+            .sum();
+        (total, total - unused)
+    }
+
+    /// The weights by how they may be kept (see `Weights`); they add up to `parameter_counts().0`.
+    pub fn weights(&self) -> Weights {
+        use MatrixClass::*;
+        let h = self.hidden_size as u64;
+        let mut w = Weights {
+            vectors: h, // final norm
+            ..Weights::default()
+        };
+        let tables = if self.tie_word_embeddings { 1 } else { 2 };
+        w.add(Table, tables, self.vocab_size as u64, h);
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.attn;
             let (q, kv) = (a.q_dim() as u64, a.kv_dim() as u64);
             let owns_kv = a.kv_source == i;
-            let mut attn = h * q + q * h + 2 * h; // q, o, two layer norms
+            w.add(Other, 1, q, h);
+            w.add(Other, 1, h, q);
             if owns_kv {
-                attn += 2 * h * kv;
+                w.add(Other, 2, kv, h);
             }
+            w.vectors += 2 * h; // the two layer norms
             if a.qkv_bias {
-                attn += q + if owns_kv { 2 * kv } else { 0 };
+                w.vectors += q + if owns_kv { 2 * kv } else { 0 };
             }
             if a.o_bias {
-                attn += h;
+                w.vectors += h;
             }
-            attn += match a.qk_norm {
+            w.vectors += match a.qk_norm {
                 QkNorm::None => 0,
                 QkNorm::PerHead => 2 * a.head_dim as u64,
                 QkNorm::WholeProjection => q + kv,
             };
             if a.sinks {
-                attn += a.n_heads as u64;
+                w.vectors += a.n_heads as u64;
             }
-            total += attn;
-            active += attn;
             match &layer.ffn {
                 FfnSpec::Dense { intermediate } => {
-                    total += 3 * h * *intermediate as u64;
-                    active += 3 * h * *intermediate as u64;
+                    let i = *intermediate as u64;
+                    w.add(Other, 2, i, h);
+                    w.add(Other, 1, h, i);
                 }
                 FfnSpec::Moe(m) => {
-                    let i = m.expert_intermediate as u64;
-                    let per_expert = 3 * h * i + if m.expert_bias { 2 * i + h } else { 0 };
-                    let router = m.n_experts as u64 * h + if m.router.bias { m.n_experts as u64 } else { 0 };
-                    let shared = m
-                        .shared
-                        .as_ref()
-                        .map_or(0, |s| 3 * h * s.intermediate as u64 + if s.gated { h } else { 0 });
-                    total += router + shared + m.n_experts as u64 * per_expert;
-                    active += router + shared + m.router.selection.max_experts() as u64 * per_expert;
+                    let (n, i) = (m.n_experts as u64, m.expert_intermediate as u64);
+                    w.add(Experts, 2 * n, i, h);
+                    w.add(Experts, n, h, i);
+                    if m.expert_bias {
+                        w.vectors += n * (2 * i + h);
+                    }
+                    w.add(Full, 1, n, h);
+                    if m.router.bias {
+                        w.vectors += n;
+                    }
+                    if let Some(s) = &m.shared {
+                        let si = s.intermediate as u64;
+                        w.add(Other, 2, si, h);
+                        w.add(Other, 1, h, si);
+                        if s.gated {
+                            w.add(Full, 1, 1, h);
+                        }
+                    }
                 }
             }
         }
-        (total, active)
-    }
-
-    /// Bytes the weights take when one weight of a matrix kept at each precision takes `bytes(precision)`:
-    /// the embedding and head at `Table`, routers and shared-expert gates at `Full`, the rest (norms and
-    /// biases included: they are tiny) at `Storage`.
-    pub fn weight_bytes(&self, bytes: impl Fn(Precision) -> f64) -> u64 {
-        let h = self.hidden_size as u64;
-        let (total, _) = self.parameter_counts();
-        let table = self.vocab_size as u64 * h * if self.tie_word_embeddings { 1 } else { 2 };
-        let full: u64 = self
-            .layers
-            .iter()
-            .filter_map(|l| match &l.ffn {
-                FfnSpec::Moe(m) => Some(m.n_experts as u64 * h + m.shared.as_ref().map_or(0, |s| h * s.gated as u64)),
-                FfnSpec::Dense { .. } => None,
-            })
-            .sum();
-        let storage = total - table - full;
-        (storage as f64 * bytes(Precision::Storage)
-            + table as f64 * bytes(Precision::Table)
-            + full as f64 * bytes(Precision::Full))
-        .round() as u64
+        w
     }
 
     /// KV cache bytes of one sequence at `context` tokens with values kept as `kv`: sliding layers keep

@@ -43,16 +43,16 @@ impl WeightFormat {
 }
 
 impl WgpuBackend {
-    /// The dtype a matrix stored as `stored` is kept in at `precision`: the kernels decode f32, f16, bf16 and
-    /// FP8; the block formats are widened to f16 (until their decoders land).
-    fn gpu_dtype(&self, precision: Precision, stored: WeightDtype) -> WeightDtype {
-        kept_dtype(self.dtype, precision, stored, Some(&WeightDtype::ALL))
+    /// The dtype `w` is kept in at `precision`: the kernels decode f32, f16, bf16 and FP8; the block formats
+    /// are widened to f16 (until their decoders land).
+    fn gpu_dtype(&self, precision: Precision, w: &StoredTensor) -> WeightDtype {
+        kept_dtype(self.dtype, precision, (w.dtype, w.cols()), Some(&WeightDtype::ALL))
     }
 
     /// A matrix kept at `precision`: parts split at FP8's 128-row blocks and stay within the workgroups one
     /// dispatch may have (4 rows each).
     pub(crate) fn upload_matrix_at(&mut self, w: StoredTensor, precision: Precision) -> Result<GpuMatrix> {
-        let dtype = self.gpu_dtype(precision, w.dtype);
+        let dtype = self.gpu_dtype(precision, &w);
         let w = w.convert(dtype)?;
         let rows = w.shape.first().copied().unwrap_or(1);
         let unit = if w.dtype == WeightDtype::Fp8 {
@@ -66,7 +66,7 @@ impl WgpuBackend {
 
     /// Stacked experts [experts, out, in], split only between experts.
     pub(crate) fn upload_stacked_experts(&mut self, w: StoredTensor) -> Result<GpuMatrix> {
-        let dtype = self.gpu_dtype(Precision::Storage, w.dtype);
+        let dtype = self.gpu_dtype(Precision::Storage, &w);
         let w = w.convert(dtype)?;
         let experts = w.shape.first().copied().unwrap_or(1).max(1);
         let unit = w.rows() / experts;

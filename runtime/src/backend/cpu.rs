@@ -66,7 +66,7 @@ impl CpuBackend {
 
     /// `w` in the dtype it is kept in at `precision`.
     fn keep(&mut self, w: StoredTensor, precision: Precision) -> Result<StoredTensor> {
-        let dtype = kept_dtype(self.dtype, precision, w.dtype, None);
+        let dtype = kept_dtype(self.dtype, precision, (w.dtype, w.cols()), None);
         let w = w.convert(dtype)?;
         self.weights.add(precision, w.dtype, w.len(), w.stored_bytes());
         Ok(w)

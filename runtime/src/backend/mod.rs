@@ -42,19 +42,19 @@ impl WeightTypes for Host {
     type Experts = StoredTensor;
 }
 
-/// The dtype a matrix of `precision`, stored as `stored`, is kept in on a backend asked for `dtype`
-/// (`--dtype`; None: as published): f32 for the routers and gates, else `dtype` (by its precision rule) or
-/// the stored one. A backend whose kernels decode only the dtypes `decodes` (None: every dtype) widens any
-/// other to f16.
+/// The dtype a matrix of `precision` with rows of `cols` values, stored as `stored`, is kept in on a backend
+/// asked for `dtype` (`--dtype`; None: as published): f32 for the routers and gates, else `dtype` (by its
+/// precision rule, `WeightDtype::fitting` the rows) or the stored one. A backend whose kernels decode only
+/// the dtypes `decodes` (None: every dtype) widens any other to f16.
 pub fn kept_dtype(
     dtype: Option<WeightDtype>,
     precision: Precision,
-    stored: WeightDtype,
+    (stored, cols): (WeightDtype, usize),
     decodes: Option<&[WeightDtype]>,
 ) -> WeightDtype {
     let kept = match (precision, dtype) {
         (Precision::Full, _) => WeightDtype::F32,
-        (_, Some(d)) => d.for_precision(precision),
+        (_, Some(d)) => d.for_precision(precision).fitting(cols).unwrap_or(stored),
         (_, None) => stored,
     };
     match decodes {
